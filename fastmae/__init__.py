@@ -1,0 +1,7 @@
+"""fastmae: fast Masked Autoencoder pretraining of Vision Transformers."""
+from .errors import BackendUnavailable, CheckpointError, ConfigError, DataError, FastMAEError
+from .models import CONFIGS, MaskedAutoencoderViT, create_model
+
+__version__ = "0.1.0"
+__all__ = ["MaskedAutoencoderViT", "create_model", "CONFIGS", "FastMAEError", "ConfigError",
+           "CheckpointError", "DataError", "BackendUnavailable"]

@@ -1,0 +1,162 @@
+"""The fast MAE model. Same constructor, state dict and semantics as the official
+MaskedAutoencoderViT (facebookresearch/mae, models_mae.py), with the data movement
+done by fastmae.ops: the patch embedding runs on the gathered visible patches only,
+the decoder input is built in one unshuffle pass, and the loss reads the images
+directly instead of a patchified target."""
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from ..ops import dispatch
+from .pos_embed import sincos_2d
+from .vit import Block, PatchEmbed, init_weights
+
+
+def to_pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def layer_norm_eps(norm_layer) -> float:
+    """The eps of a norm_layer given the official way (partial(nn.LayerNorm, eps=...))."""
+    return norm_layer(8).eps
+
+
+class MaskedAutoencoderViT(nn.Module):
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24,
+                 num_heads=16, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
+                 mlp_ratio=4.0, norm_layer=partial(nn.LayerNorm, eps=1e-6), norm_pix_loss=False,
+                 *, norm_eps: float | None = None, kernels: str = "auto", attn: str = "auto"):
+        super().__init__()
+        self.img_size = to_pair(img_size)
+        if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
+            raise ValueError(f"img_size {self.img_size[0]}x{self.img_size[1]} is not a multiple "
+                             f"of the patch size {patch_size}")
+        eps = layer_norm_eps(norm_layer) if norm_eps is None else norm_eps
+        self.patch_size, self.in_chans = patch_size, in_chans
+        self.norm_pix_loss = norm_pix_loss
+        self.kernels = dispatch.check_kernels(kernels)
+        self.config = dict(img_size=self.img_size, patch_size=patch_size, in_chans=in_chans,
+                           embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                           decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+                           decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio,
+                           norm_pix_loss=norm_pix_loss, norm_eps=eps)
+
+        # Encoder
+        self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim)
+        self.grid_size = self.patch_embed.grid_size
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, eps, attn)
+                                     for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=eps)
+
+        # Decoder
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim),
+                                              requires_grad=False)
+        self.decoder_blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_num_heads, mlp_ratio,
+                                                   eps, attn) for _ in range(decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=eps)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        self.pos_embed.data.copy_(sincos_2d(self.pos_embed.shape[-1], self.grid_size, cls_token=True))
+        self.decoder_pos_embed.data.copy_(
+            sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size, cls_token=True))
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(init_weights)
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_embed.num_patches
+
+    @property
+    def attn_backend(self) -> str:
+        return self.blocks[0].attn.backend if len(self.blocks) else "none"
+
+    def set_attn_backend(self, name: str) -> None:
+        for blk in list(self.blocks) + list(self.decoder_blocks):
+            blk.attn.backend = name
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        return ops.patchify(imgs, self.patch_size)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
+
+    def check_input(self, imgs: torch.Tensor) -> None:
+        ops.patchify_check(imgs, self.patch_size, self.in_chans)
+        if tuple(imgs.shape[-2:]) != self.img_size:
+            raise ValueError(f"images are {imgs.shape[-2]}x{imgs.shape[-1]} but the model was built "
+                             f"for img_size {self.img_size[0]}x{self.img_size[1]}")
+
+    def random_masking(self, batch: int, mask_ratio: float, noise: torch.Tensor | None, device):
+        """Per-sample shuffle by argsort of noise. Returns ids_keep (B, K), mask (B, L) with
+        1 = removed, ids_restore (B, L)."""
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        L = self.num_patches
+        len_keep = int(L * (1 - mask_ratio))
+        if noise is None:
+            noise = torch.rand(batch, L, device=device)
+        elif tuple(noise.shape) != (batch, L):
+            raise ValueError(f"noise must have shape (B, L) = ({batch}, {L}), got {tuple(noise.shape)}")
+        ids_shuffle = torch.argsort(noise.to(device), dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :len_keep]
+        mask = (ids_restore >= len_keep).to(torch.float32)
+        return ids_keep, mask, ids_restore
+
+    def embed_patches(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Patch-embed only the patches in ids_keep, add their positions, prepend cls."""
+        patches = ops.gather_visible_patches(imgs, ids_keep, self.patch_size, self.kernels)
+        w = self.patch_embed.linear_weight()
+        x = nn.functional.linear(patches.to(w.dtype), w, self.patch_embed.proj.bias)
+        pos = self.pos_embed[0, 1:][ids_keep]  # (B, K, D)
+        x = x + pos
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1)
+
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise=None):
+        self.check_input(imgs)
+        ids_keep, mask, ids_restore = self.random_masking(imgs.shape[0], mask_ratio, noise, imgs.device)
+        x = self.embed_patches(imgs, ids_keep)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), mask, ids_restore
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens (B, 1+L, D) of the whole image, no masking, patches in grid order:
+        what fine-tuning, probing and embedding use."""
+        self.check_input(imgs)
+        ids = torch.arange(self.num_patches, device=imgs.device).expand(imgs.shape[0], -1)
+        x = self.embed_patches(imgs, ids)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.decoder_embed(x)
+        x = ops.unshuffle_with_mask_token(x, self.mask_token, ids_restore, self.decoder_pos_embed,
+                                          self.kernels)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        return x[:, 1:, :]
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return ops.masked_pixel_loss(pred, imgs, mask, self.patch_size, self.norm_pix_loss, self.kernels)
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise=None):
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        loss = self.forward_loss(imgs, pred, mask)
+        return loss, pred, mask
