@@ -11,6 +11,15 @@ from .errors import FastMAEError
 
 # command name -> module under fastmae.commands (imported only when that command runs)
 COMMANDS = {
+    "data": "data",
+    "bench": "bench",
+    "train": "train",
+    "finetune": "finetune",
+    "linprobe": "linprobe",
+    "knn": "knn",
+    "embed": "embed",
+    "visualize": "visualize",
+    "export": "export",
 }
 
 

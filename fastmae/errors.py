@@ -20,3 +20,7 @@ class DataError(FastMAEError, ValueError):
 
 class BackendUnavailable(FastMAEError, RuntimeError):
     """A backend asked for by name (flash-attn, DALI, Triton) cannot run here."""
+
+
+class TrainingError(FastMAEError, RuntimeError):
+    """A run that cannot go on (e.g. the loss stayed non-finite); its last good state is saved."""

@@ -39,7 +39,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
-        backend = attn_backends.resolve(self.backend, qkv)
+        backend = attn_backends.resolve(self.backend, qkv, self.num_heads)
         return self.proj(attn_backends.attention(qkv, self.num_heads, backend))
 
 

@@ -5,10 +5,23 @@ import torch
 from . import dispatch
 from .patchify import check_images, patchify
 
+OP = "gather_visible_patches"
+
 
 def gather_visible_patches_torch(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int) -> torch.Tensor:
     patches = patchify(imgs, patch_size)
     return torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+
+
+def check_indices(ids: torch.Tensor, batch: int, num_patches: int, name: str) -> None:
+    """Shape, dtype and (on CPU, where it costs no device sync) range of an index tensor."""
+    if ids.ndim != 2 or ids.shape[0] != batch:
+        raise ValueError(f"{name} must be (B, K) with B={batch}, got {tuple(ids.shape)}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be an int64 or int32 tensor, got {ids.dtype}")
+    if not ids.is_cuda and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_patches):
+        raise ValueError(f"{name} holds patch indices outside [0, {num_patches}): "
+                         f"min {int(ids.min())}, max {int(ids.max())}")
 
 
 def gather_visible_patches(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int,
@@ -16,8 +29,14 @@ def gather_visible_patches(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_siz
     """imgs (B, C, H, W), ids_keep (B, K) int64 -> (B, K, p*p*C) in imgs' dtype.
     Carries no gradient to imgs (MAE never needs one)."""
     h, w = check_images(imgs, patch_size)
-    if ids_keep.ndim != 2 or ids_keep.shape[0] != imgs.shape[0]:
-        raise ValueError(f"ids_keep must be (B, K) with B={imgs.shape[0]}, got {tuple(ids_keep.shape)}")
-    dispatch.check_kernels(kernels)
-    dispatch.record("gather_visible_patches", "torch")
+    if not imgs.is_floating_point():
+        raise ValueError(f"images must be a floating-point tensor, got {imgs.dtype}")
+    check_indices(ids_keep, imgs.shape[0], h * w, "ids_keep")
+    if ids_keep.device != imgs.device:
+        raise ValueError(f"ids_keep is on {ids_keep.device} but the images are on {imgs.device}")
+    impl = dispatch.resolve(kernels, imgs)
+    dispatch.record(OP, impl)
+    if impl == "triton":
+        from ..kernels import gather
+        return gather.gather_fwd(imgs.detach(), ids_keep, patch_size)
     return gather_visible_patches_torch(imgs.detach(), ids_keep, patch_size)

@@ -1,0 +1,177 @@
+"""The implementations a benchmark compares, each as a model + AdamW + one training step.
+
+- fastmae:   fastmae.create_model with the requested kernels / attention / torch.compile.
+- reference: fastmae.reference (plain eager PyTorch, SDPA attention).
+- hf:        transformers ViTMAEForPreTraining with attn_implementation="sdpa".
+
+All three start from the same weights and run the same step: forward (autocast to
+the benchmark precision on CUDA), backward, AdamW step (fused on CUDA), gradients
+freed. Only the model differs, so a ratio of step times is a ratio of models."""
+import copy
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .. import reference
+from ..errors import BackendUnavailable, ConfigError
+from ..models import attention, create_model
+from ..ops import dispatch
+
+NAMES = ("fastmae", "reference", "hf")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclass
+class Setup:
+    """What every contender shares."""
+    model: str
+    img_size: int
+    mask_ratio: float
+    precision: str  # bf16 | fp16 | fp32 (already resolved for the device)
+    device: torch.device
+    norm_pix_loss: bool = False
+    kernels: str = "auto"
+    attn: str = "auto"
+    compile: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Contender:
+    name: str
+    model: nn.Module
+    loss_fn: Callable[[torch.Tensor], torch.Tensor]  # imgs -> scalar loss
+    optimizer: torch.optim.Optimizer
+    amp_dtype: torch.dtype | None
+    attn_backend: str
+    kernels: str
+    scaler: torch.amp.GradScaler | None = None
+    last_loss: torch.Tensor | None = field(default=None, repr=False)
+
+    def step(self, imgs: torch.Tensor) -> None:
+        """One pretraining step. Does not synchronise: the caller times it."""
+        device_type = imgs.device.type
+        with torch.autocast(device_type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            loss = self.loss_fn(imgs)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = loss.detach()
+
+    def resident_bytes(self) -> int:
+        """Bytes held between steps: parameters, buffers and optimizer state."""
+        seen, total = set(), 0
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        for state in self.optimizer.state.values():
+            tensors += [v for v in state.values() if torch.is_tensor(v)]
+        for t in tensors:
+            if t.data_ptr() not in seen and t.device.type != "meta":
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
+
+
+def hf_available() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
+def check_names(names: list[str]) -> list[str]:
+    for n in names:
+        if n not in NAMES:
+            raise ConfigError(f"unknown contender {n!r}; choose from {', '.join(NAMES)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"contender listed twice in {','.join(names)}")
+    if not names:
+        raise ConfigError("no contenders given")
+    if "hf" in names and not hf_available():
+        raise BackendUnavailable("contender hf needs the transformers package "
+                                 "(pip install transformers), or leave hf out of --contenders")
+    return names
+
+
+def _probe(setup: Setup) -> torch.Tensor:
+    """A tiny tensor in the dtype the model's matmuls will see, to resolve backends."""
+    dtype = AMP_DTYPES[setup.precision] or torch.float32
+    return torch.zeros(1, 1, device=setup.device, dtype=dtype)
+
+
+def check_backends(setup: Setup) -> tuple[str, str]:
+    """(attention backend, kernels) the fastmae contender will run, or the error that a
+    requested one cannot run here."""
+    attention.check_backend(setup.attn)
+    probe = _probe(setup)
+    return attention.resolve(setup.attn, probe), dispatch.resolve(setup.kernels, probe)
+
+
+def _optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    # The official MAE recipe's AdamW; the same for every contender.
+    return torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                             fused=device.type == "cuda")
+
+
+def _finish(name, model, loss_fn, setup, attn_backend, kernels) -> Contender:
+    amp = AMP_DTYPES[setup.precision] if setup.device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
+    model.train()
+    return Contender(name, model, loss_fn, _optimizer(model, setup.device), amp, attn_backend,
+                     kernels, scaler)
+
+
+def base_model(setup: Setup):
+    """The fastmae model on CPU, seeded: the weights every contender starts from."""
+    torch.manual_seed(setup.seed)
+    return create_model(setup.model, img_size=setup.img_size, norm_pix_loss=setup.norm_pix_loss,
+                        kernels=setup.kernels, attn=setup.attn)
+
+
+def build_fastmae(setup: Setup, base=None) -> Contender:
+    attn_backend, kernels = check_backends(setup)
+    model = (copy.deepcopy(base) if base is not None else base_model(setup)).to(setup.device)
+    run = torch.compile(model) if setup.compile else model
+    ratio = setup.mask_ratio
+    return _finish("fastmae", model, lambda imgs: run(imgs, ratio)[0], setup, attn_backend, kernels)
+
+
+def build_reference(setup: Setup, base=None) -> Contender:
+    model = reference.create_reference(setup.model, img_size=setup.img_size,
+                                       norm_pix_loss=setup.norm_pix_loss)
+    if base is not None:
+        model.load_state_dict(base.state_dict(), strict=True)
+    model = model.to(setup.device)
+    ratio = setup.mask_ratio
+    return _finish("reference", model, lambda imgs: model(imgs, ratio)[0], setup, "sdpa", "torch")
+
+
+def build_hf(setup: Setup, base=None) -> Contender:
+    if not hf_available():
+        raise BackendUnavailable("contender hf needs the transformers package (pip install transformers)")
+    try:
+        from ..interop import to_hf_vitmae
+    except ImportError as e:
+        raise BackendUnavailable(f"contender hf needs fastmae.interop.to_hf_vitmae ({e})") from e
+    model = to_hf_vitmae(base if base is not None else base_model(setup), mask_ratio=setup.mask_ratio)
+    model.config.mask_ratio = setup.mask_ratio
+    model.config.norm_pix_loss = setup.norm_pix_loss
+    if model.config._attn_implementation != "sdpa" and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("sdpa")
+    if model.config._attn_implementation != "sdpa":
+        raise BackendUnavailable("transformers did not enable SDPA attention for ViTMAE")
+    model = model.to(setup.device)
+    return _finish("hf", model, lambda imgs: model(pixel_values=imgs).loss, setup, "sdpa", "torch")
+
+
+BUILDERS = {"fastmae": build_fastmae, "reference": build_reference, "hf": build_hf}
+
+
+def build(name: str, setup: Setup, base=None) -> Contender:
+    """A contender by name; `base` (a fastmae model on CPU) gives the shared weights."""
+    return BUILDERS[name](setup, base)

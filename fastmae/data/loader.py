@@ -1,0 +1,141 @@
+"""The entry points: pretrain_loader and classification_loader pick a backend (DALI when it
+is installed, else torchvision), drop files whose headers show they cannot be used, and
+build the loader."""
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ..errors import BackendUnavailable, ConfigError, DataError
+from .base import DataWarning, describe_skips
+from .images import header_problem
+from .sources import Samples, scan
+from .transforms import FINETUNE_SCALE, PRETRAIN_SCALE, EvalTransform, TrainTransform
+
+BACKENDS = ("auto", "dali", "torch")
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown data backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "dali" if dali_available() else "torch"
+    if backend == "dali" and not dali_available():
+        raise BackendUnavailable("data backend 'dali' needs NVIDIA DALI, which is not installed "
+                                 "(pip install nvidia-dali-cuda130, or use backend='torch')")
+    return backend
+
+
+def _resolve_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
+    if dev.type not in ("cuda", "cpu"):
+        raise ConfigError(f"the data loaders deliver to 'cpu' or 'cuda', not {device!r}")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def default_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+def usable(samples: Samples, threads: int | None = None) -> tuple[Samples, list[tuple[str, str]]]:
+    """`samples` without the files whose header or end bytes show they cannot be used
+    (empty, not an image, truncated, 1x1, decompression-bomb size), and those files with
+    the reason. Reads only headers and tails: cheap next to decoding."""
+    threads = threads or min(32, 4 * default_workers())
+    with ThreadPoolExecutor(threads) as pool:
+        problems = list(pool.map(header_problem, samples.paths, chunksize=64))
+    good = [i for i, p in enumerate(problems) if p is None]
+    bad = [(samples.paths[i], p) for i, p in enumerate(problems) if p is not None]
+    return (samples if not bad else samples.subset(good)), bad
+
+
+def _check_args(img_size, batch_size, in_chans, world_size, rank):
+    if not isinstance(img_size, int) or img_size < 1:
+        raise ConfigError(f"img_size must be a positive integer, got {img_size!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if in_chans not in (1, 3):
+        raise ConfigError(f"in_chans must be 1 (grayscale) or 3 (RGB) for image files, got {in_chans!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in range for world_size {world_size}")
+
+
+def _build(source, *, train, scale, with_labels, img_size, batch_size, backend, device, num_workers,
+           seed, rank, world_size, in_chans, dtype, drop_last, validate):
+    _check_args(img_size, batch_size, in_chans, world_size, rank)
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+        raise ConfigError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    backend = _resolve_backend(backend)
+    dev = _resolve_device(device)
+    samples = scan(source)
+    if with_labels and samples.labels is None:
+        raise DataError(f"{source} has no labels: use an ImageFolder layout (root/<class>/<image>) "
+                        "or a file list with a label after each path")
+    skipped = []
+    if validate:
+        total = len(samples)
+        samples, skipped = usable(samples)
+        if skipped:
+            warnings.warn(describe_skips(skipped, total), DataWarning, stacklevel=3)
+        if len(samples) == 0:
+            raise DataError(f"none of the {total} image files in {source} can be used, e.g. "
+                            f"{skipped[0][0]} ({skipped[0][1]})")
+    common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=train,
+                  drop_last=drop_last, device=dev, dtype=dtype, with_labels=with_labels, skipped=skipped)
+    workers = default_workers() if num_workers is None else num_workers
+    if backend == "dali":
+        from .dali import DaliLoader
+        return DaliLoader(samples, train=train, scale=scale, img_size=img_size, num_threads=max(1, workers),
+                          in_chans=in_chans, **common)
+    from .torch_loader import TorchLoader
+    transform = TrainTransform(img_size, scale, in_chans) if train else EvalTransform(img_size, in_chans)
+    return TorchLoader(samples, transform=transform, num_workers=workers, in_chans=in_chans, **common)
+
+
+def pretrain_loader(source, *, img_size=224, batch_size=64, backend="auto", device="cuda",
+                    num_workers=None, seed=0, rank=0, world_size=1, in_chans=3, dtype=torch.float32,
+                    drop_last=True, validate=True):
+    """Batches of images (B, C, H, W), normalised with ImageNet mean/std, on `device` in
+    `dtype`: RandomResizedCrop(img_size, scale 0.2-1, bicubic) + horizontal flip, MAE's
+    pretraining augmentation. `validate` drops unusable files (from their headers) up front;
+    files that still fail to decode are skipped when met. Both land in loader.skipped."""
+    return _build(source, train=True, scale=PRETRAIN_SCALE, with_labels=False, img_size=img_size,
+                  batch_size=batch_size, backend=backend, device=device, num_workers=num_workers, seed=seed,
+                  rank=rank, world_size=world_size, in_chans=in_chans, dtype=dtype, drop_last=drop_last,
+                  validate=validate)
+
+
+def classification_loader(source, *, train: bool, img_size=224, batch_size=64, backend="auto", device="cuda",
+                          num_workers=None, seed=0, rank=0, world_size=1, in_chans=3, dtype=torch.float32,
+                          drop_last=None, validate=True):
+    """Batches of (images, int64 labels) on `device`. train=True: RandomResizedCrop(0.08-1) +
+    flip, shuffled, last partial batch dropped by default; train=False: resize the shorter
+    side to img_size/0.875 and centre crop, in file order, last partial batch kept."""
+    if drop_last is None:
+        drop_last = bool(train)
+    return _build(source, train=bool(train), scale=FINETUNE_SCALE, with_labels=True, img_size=img_size,
+                  batch_size=batch_size, backend=backend, device=device, num_workers=num_workers, seed=seed,
+                  rank=rank, world_size=world_size, in_chans=in_chans, dtype=dtype, drop_last=drop_last,
+                  validate=validate)

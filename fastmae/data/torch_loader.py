@@ -1,0 +1,90 @@
+"""The torchvision baseline: Pillow decode + torchvision transforms in DataLoader workers.
+Each sample's augmentation comes from its own torch.Generator seeded by (seed, epoch,
+index), so any batch can be recomputed exactly (resume mid-epoch)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+from .base import Loader
+from .images import BadImage, load_image
+from .sources import sample_seed
+
+MAX_SUBSTITUTES = 32  # a bad file is replaced by the next index; give up after this many in a row
+
+
+class _SampleDataset(Dataset):
+    """Item (epoch, index) -> (image tensor, label, [(path, reason) of files skipped])."""
+
+    def __init__(self, samples, transform, seed: int, in_chans: int):
+        self.paths = samples.paths
+        self.labels = samples.labels
+        self.transform = transform
+        self.seed = seed
+        self.in_chans = in_chans
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        n = len(self.paths)
+        skipped = []
+        for k in range(min(n, MAX_SUBSTITUTES)):
+            i = (index + k) % n
+            try:
+                img = load_image(self.paths[i], self.in_chans)
+            except BadImage as e:
+                skipped.append((self.paths[i], str(e)))
+                continue
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, i))
+            label = -1 if self.labels is None else self.labels[i]
+            return self.transform(img, g), label, skipped
+        raise DataError(f"{len(skipped)} image files in a row cannot be decoded, e.g. "
+                        f"{skipped[0][0]} ({skipped[0][1]}); run `fastmae data check` on the source")
+
+
+def _collate(items):
+    imgs = torch.stack([x for x, _, _ in items])
+    labels = torch.tensor([y for _, y, _ in items], dtype=torch.int64)
+    skipped = [s for _, _, ss in items for s in ss]
+    return imgs, labels, skipped
+
+
+class _PlanSampler:
+    """Batch sampler whose batches the loader sets before each epoch (the DataLoader and its
+    persistent workers are built once)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class TorchLoader(Loader):
+    backend = "torch"
+
+    def __init__(self, samples, *, transform, num_workers: int, in_chans: int, **kw):
+        super().__init__(samples, **kw)
+        self.num_workers = num_workers
+        self._sampler = _PlanSampler()
+        self._dl = DataLoader(
+            _SampleDataset(samples, transform, self.seed, in_chans),
+            batch_sampler=self._sampler, num_workers=num_workers, collate_fn=_collate,
+            pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None)
+
+    def iter_from(self, epoch: int, start_batch: int = 0):
+        self._sampler.batches = [[(epoch, i) for i in batch] for batch in self.plan(epoch, start_batch)]
+        return self._generate(iter(self._dl))
+
+    def _generate(self, it):
+        for imgs, labels, skipped in it:
+            if skipped:
+                self._record_skips(skipped)
+            yield self._out(imgs, labels)

@@ -1,0 +1,113 @@
+"""The augmentations of MAE pretraining and fine-tuning, as torchvision ops on PIL images,
+with every random draw taken from a per-sample torch.Generator (so a sample's augmentation
+is a pure function of its seed)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRETRAIN_SCALE = (0.2, 1.0)  # MAE main_pretrain.py
+FINETUNE_SCALE = (0.08, 1.0)  # torchvision / timm default for fine-tuning
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+EVAL_CROP_PCT = 0.875  # eval: resize shorter side to img_size / 0.875, centre crop img_size
+
+
+def mean_std(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet statistics; one channel uses their average (grayscale of an RGB photo)."""
+    if in_chans == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+
+
+def crop_params(width: int, height: int, scale, ratio, g: torch.Generator):
+    """torchvision's RandomResizedCrop.get_params with draws from `g`: (top, left, h, w)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=g).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=g).item())
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(torch.randint(0, height - h + 1, (1,), generator=g).item())
+            j = int(torch.randint(0, width - w + 1, (1,), generator=g).item())
+            return i, j, h, w
+    in_ratio = width / height  # fallback: centre crop at the nearest allowed ratio
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def eval_resize(img_size: int) -> int:
+    return int(math.floor(img_size / EVAL_CROP_PCT))
+
+
+class TrainTransform:
+    """RandomResizedCrop(img_size, scale, ratio 3/4-4/3, bicubic) + RandomHorizontalFlip +
+    ToTensor + Normalize, the transform of MAE's main_pretrain.py."""
+
+    def __init__(self, img_size: int, scale, in_chans: int = 3):
+        self.size = (img_size, img_size)
+        self.scale = tuple(scale)
+        self.mean, self.std = mean_std(in_chans)
+
+    def __call__(self, img, g: torch.Generator) -> torch.Tensor:
+        i, j, h, w = crop_params(img.width, img.height, self.scale, RATIO, g)
+        img = TF.resized_crop(img, i, j, h, w, self.size, InterpolationMode.BICUBIC, antialias=True)
+        if torch.rand(1, generator=g).item() < 0.5:
+            img = TF.hflip(img)
+        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+
+class EvalTransform:
+    """Resize shorter side to img_size / 0.875 (bicubic) + CenterCrop + ToTensor + Normalize."""
+
+    def __init__(self, img_size: int, in_chans: int = 3):
+        self.img_size = img_size
+        self.resize = eval_resize(img_size)
+        self.mean, self.std = mean_std(in_chans)
+
+    def __call__(self, img, g: torch.Generator | None = None) -> torch.Tensor:
+        img = TF.resize(img, self.resize, InterpolationMode.BICUBIC, antialias=True)
+        img = TF.center_crop(img, [self.img_size, self.img_size])
+        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+
+# -- batched tensor ops (the DALI backend's CPU path) ----------------------------------
+
+
+def resize_uint8(img: torch.Tensor, size) -> torch.Tensor:
+    """(1, C, H, W) uint8 -> (1, C, *size) uint8, antialiased bicubic (torch's vectorised
+    uint8 kernel; channels-last input is its fast layout)."""
+    return torch.nn.functional.interpolate(img, size=tuple(size), mode="bicubic", antialias=True)
+
+
+def resize_shorter_centre_crop(img: torch.Tensor, shorter: int, crop: int) -> torch.Tensor:
+    """torchvision's Resize(shorter) (long side int(shorter * long / short)) + CenterCrop(crop)."""
+    h, w = img.shape[-2:]
+    if h <= w:
+        size = (shorter, int(shorter * w / h))
+    else:
+        size = (int(shorter * h / w), shorter)
+    img = resize_uint8(img, size)
+    top = int(round((size[0] - crop) / 2.0))
+    left = int(round((size[1] - crop) / 2.0))
+    return img[..., top:top + crop, left:left + crop]
+
+
+def normalize_uint8(batch: torch.Tensor, mean255, std255) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 (x - mean) / std, with mean/std in 0-255 units."""
+    c = batch.shape[1]
+    mean = torch.tensor(mean255, dtype=torch.float32).view(1, c, 1, 1)
+    inv = 1.0 / torch.tensor(std255, dtype=torch.float32).view(1, c, 1, 1)
+    return batch.to(torch.float32).sub_(mean).mul_(inv)

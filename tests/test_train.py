@@ -1,0 +1,145 @@
+"""`fastmae train` end to end on tiny data: learning, exact resume after kill -9,
+corrupt-checkpoint fallback, outputs, and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastmae.train import checkpoint
+from tests.train_fixtures import make_image_folder, run_cli
+
+TINY = ["--model", "mae_vit_micro_patch4", "--img-size", "32", "--batch-size", "8", "--loader", "torch",
+        "--num-workers", "0", "--warmup-epochs", "1", "--blr", "2e-3", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _torch_ops(monkeypatch):
+    # The Triton kernels have their own tests; here they would run in the (slow) interpreter.
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data"), n=32)
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_learns_and_writes_outputs(images, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(["train", "--data", str(images), "--output-dir", str(out), "--epochs", "6",
+                               *TINY])
+    assert code == 0, stdout
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert all({"step", "epoch", "loss", "lr", "img_per_s"} <= r.keys() for r in rows)
+    first = sum(r["loss"] for r in rows[:4]) / 4
+    last = sum(r["loss"] for r in rows[-4:]) / 4
+    assert last < 0.8 * first, (first, last)
+    for name in ("reconstructions.png", "loss_curve.png", "config.json", "checkpoint-last.pth"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    assert {"model", "optimizer", "epoch", "scaler", "args"} <= state.keys()  # official format
+    assert state["epoch"] == 5 and state["step"] == 24
+    assert "outputs:" in stdout
+
+
+KILL_AFTER_SAVES = """
+import os, signal, sys
+import fastmae.train.checkpoint as c
+saves, original = [0], c.save
+def save_then_die(*a, **k):
+    path = original(*a, **k)
+    saves[0] += 1
+    if saves[0] == {n}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+c.save = save_then_die
+from fastmae.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _run(args, kill_after=None):
+    code = KILL_AFTER_SAVES.format(n=kill_after) if kill_after else \
+        "import sys; from fastmae.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "0"}, timeout=300)
+
+
+def test_kill9_then_resume_auto_matches_uninterrupted_run(images, tmp_path):
+    args = ["train", "--data", str(images), "--epochs", "3", "--save-every-steps", "3", *TINY]
+    whole = _run([*args, "--output-dir", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr
+    # killed by SIGKILL right after its third checkpoint (steps 3, 4 = end of epoch 0, 6)
+    killed = _run([*args, "--output-dir", str(tmp_path / "killed")], kill_after=3)
+    assert killed.returncode == -9
+    assert checkpoint.load(tmp_path / "killed" / checkpoint.LAST)["step"] == 6
+    resumed = _run([*args, "--output-dir", str(tmp_path / "killed"), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    a, b = metrics(tmp_path / "whole"), metrics(tmp_path / "killed")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bit-exact on the CPU
+    wa = torch.load(tmp_path / "whole" / checkpoint.LAST, weights_only=True)["model"]
+    wb = torch.load(tmp_path / "killed" / checkpoint.LAST, weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(images, tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--data", str(images), "--output-dir", str(out), *TINY]
+    assert run_cli([*base, "--epochs", "2"])[0] == 0
+    newest = checkpoint.numbered(out)[-1]
+    assert newest.name == "checkpoint-0000008.pth"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated write
+    code, stdout, stderr = run_cli([*base, "--epochs", "3"])
+    assert code == 0
+    assert "skipping unusable checkpoint" in stderr and "checkpoint-0000008.pth" in stderr
+    assert "resumed from" in stdout and "at step 4" in stdout
+    assert checkpoint.load(out / checkpoint.LAST)["step"] == 12
+
+
+def test_finished_run_resumes_to_nothing_and_keeps_outputs(images, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(images), "--output-dir", str(out), "--epochs", "1", *TINY]
+    assert run_cli(args)[0] == 0
+    before = (out / "checkpoint-last.pth").read_bytes()
+    code, stdout, _ = run_cli(args)
+    assert code == 0 and "resumed from" in stdout and "0 steps" not in stdout
+    assert (out / "checkpoint-last.pth").read_bytes() == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "{missing}"], "does not exist"),
+    (["--data", "{empty}"], "no image"),
+    (["--batch-size", "64"], "larger than"),
+    (["--img-size", "30"], "not a positive multiple of the patch size"),
+    (["--model", "mae_vit_colossal"], "unknown model"),
+    (["--output-dir", "{file}/sub"], "cannot write to output dir"),
+    (["--mask-ratio", "1.5"], "--mask-ratio"),
+    (["--epochs", "ten"], "invalid int value"),
+    (["--kernels", "cuda"], "--kernels"),
+    (["--config", "{missing}"], "does not exist"),
+])
+def test_user_errors_exit_2_with_one_line(images, tmp_path, extra, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("user data")
+    subs = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "file": tmp_path / "afile"}
+    extra = [e.format(**subs) for e in extra]
+    args = ["train", "--data", str(images), "--output-dir", str(out), "--epochs", "1", *TINY, *extra]
+    code, _, stderr = run_cli(args)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastmae: error:") and message in lines[0], stderr
+    assert (out / "notes.txt").read_text() == "user data"
+    assert (tmp_path / "afile").read_text() == "keep me"
