@@ -13,6 +13,8 @@ ROOT/all -> that folder). Contenders:
   fastmae-gpu      the same with device="cuda" (mixed decode), when CUDA is available
   dali-plain-cpu   a textbook DALI CPU pipeline (readers.file, decoders.image_random_crop,
                    resize cubic, crop_mirror_normalize): what "DALI on CPU" gives untuned
+  dali-plain-es-cpu  dali-plain-cpu fed by fn.external_source from Python (the reader
+                   fastmae uses) instead of fn.readers.file: what owning the file order costs
   fastmae-torch    fastmae.data.pretrain_loader(backend="torch") (per-sample seeded torchvision)
 Each round builds a fresh iterator per contender, drops --warmup batches, then times
 --batches batches (CUDA synchronised). Reported: images/s per round, the median, and the
@@ -37,7 +39,7 @@ import torch  # noqa: E402
 from fastmae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PRETRAIN_SCALE  # noqa: E402
 
 DEFAULT = ["torchvision", "fastmae-cpu", "dali-plain-cpu", "fastmae-gpu"]
-ALL = DEFAULT + ["fastmae-torch"]
+ALL = DEFAULT + ["fastmae-torch", "dali-plain-es-cpu"]
 
 
 def torchvision_factory(args):
@@ -73,7 +75,10 @@ def fastmae_factory(args, backend, device):
     return batches
 
 
-def dali_plain_factory(args):
+def dali_plain_factory(args, reader):
+    """reader="file": fn.readers.file reads in DALI's threads; reader="external": Python
+    reads each batch's bytes into fn.external_source (how fastmae feeds DALI)."""
+    import numpy as np
     from nvidia.dali import Pipeline, fn, types
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -81,10 +86,18 @@ def dali_plain_factory(args):
 
     files = scan(args.data).paths
 
+    def feed(i):
+        order = np.random.default_rng(i // max(1, len(files) // args.batch_size)).permutation(len(files))
+        start = (i * args.batch_size) % len(files)
+        return [np.fromfile(files[order[(start + k) % len(files)]], dtype=np.uint8) for k in range(args.batch_size)]
+
     def batches():
         pipe = Pipeline(batch_size=args.batch_size, num_threads=args.workers, device_id=None, seed=0)
         with pipe:
-            jpegs, _ = fn.readers.file(files=files, random_shuffle=True, name="reader")
+            if reader == "file":
+                jpegs, _ = fn.readers.file(files=files, random_shuffle=True, name="reader")
+            else:
+                jpegs = fn.external_source(source=feed, batch=True, dtype=types.UINT8, ndim=1)
             imgs = fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB,
                                                  random_area=list(PRETRAIN_SCALE), random_aspect_ratio=[3 / 4, 4 / 3])
             imgs = fn.resize(imgs, resize_x=args.img_size, resize_y=args.img_size, interp_type=types.INTERP_CUBIC)
@@ -111,7 +124,9 @@ def make(name, args):
     if name == "fastmae-torch":
         return fastmae_factory(args, "torch", "cpu")
     if name == "dali-plain-cpu":
-        return dali_plain_factory(args)
+        return dali_plain_factory(args, "file")
+    if name == "dali-plain-es-cpu":
+        return dali_plain_factory(args, "external")
     raise SystemExit(f"unknown contender {name!r}; choose from {', '.join(ALL)}")
 
 

@@ -7,6 +7,7 @@
 #
 #   bash benchmarks/device_suite.sh              # writes under $OUT, or ./bench-out
 #   FASTMAE_SUITE_SMOKE=1 bash benchmarks/device_suite.sh   # tiny sizes: checks the script
+#   FASTMAE_SUITE_DATA=/path/to/imagefolder                 # photos for the data benchmark
 #
 # Files (at most 8): log.txt gpu-tests.txt ops.json bench-b16.json bench-b16.png
 # bench-l16.json max-batch.json data.json   (no GPU: log.txt bench-cpu.json bench-cpu.png)
@@ -112,7 +113,16 @@ if [ "$GPU" = "1" ]; then
     if [ ! -f benchmarks/bench_data.py ]; then
         skip data-bench "benchmarks/bench_data.py not in this checkout"
     elif "$PY" -c "import nvidia.dali" >/dev/null 2>&1; then
-        step data-bench 60 "$LOG" "$PY" benchmarks/bench_data.py --json "$OUT/data.json"
+        # Real photographs when FASTMAE_SUITE_DATA names an ImageFolder root; else the
+        # built-in synthetic set (64 px JPEGs: decode is cheaper than on photographs).
+        DATA="${FASTMAE_SUITE_DATA:-}"
+        if [ -z "$DATA" ]; then
+            DATA=$(FASTMAE_CACHE="${FASTMAE_CACHE:-/tmp/fastmae-cache}" "$PY" -c \
+                "from fastmae.data import builtin_dataset; print(builtin_dataset('train'))" 2>>"$LOG")
+        fi
+        log "data-bench reads $DATA"
+        step data-bench 60 "$LOG" "$PY" benchmarks/bench_data.py --data "$DATA" --batch-size 64 \
+            --batches 20 --rounds 2 --json "$OUT/data.json"
     else
         skip data-bench "nvidia.dali is not importable here"
     fi

@@ -20,6 +20,7 @@ COMMANDS = {
     "embed": "embed",
     "visualize": "visualize",
     "export": "export",
+    "demo": "demo",
 }
 
 

@@ -2,11 +2,14 @@
 corrupt-checkpoint fallback, outputs, and one-line errors."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+import yaml
 
 from fastmae.train import checkpoint
 from tests.train_fixtures import make_image_folder, run_cli
@@ -41,7 +44,7 @@ def test_tiny_run_learns_and_writes_outputs(images, tmp_path):
     first = sum(r["loss"] for r in rows[:4]) / 4
     last = sum(r["loss"] for r in rows[-4:]) / 4
     assert last < 0.8 * first, (first, last)
-    for name in ("reconstructions.png", "loss_curve.png", "config.json", "checkpoint-last.pth"):
+    for name in ("reconstructions.png", "loss_curve.png", "config.yaml", "checkpoint-last.pth"):
         assert (out / name).stat().st_size > 0
     assert (out / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = torch.load(out / "checkpoint-last.pth", weights_only=True)
@@ -143,3 +146,61 @@ def test_user_errors_exit_2_with_one_line(images, tmp_path, extra, message):
     assert len(lines) == 1 and lines[0].startswith("fastmae: error:") and message in lines[0], stderr
     assert (out / "notes.txt").read_text() == "user data"
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_sigterm_saves_and_exits_cleanly(images, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(images), "--output-dir", str(out), "--epochs", "200", *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "fastmae", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
+    try:
+        deadline = time.time() + 240
+        while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted; checkpoint saved" in stdout
+    state = checkpoint.load(out / checkpoint.LAST)
+    assert state["step"] == metrics(out)[-1]["step"] < 800
+
+
+def test_non_finite_losses_stop_the_run_with_the_last_good_state(images, tmp_path, monkeypatch):
+    import fastmae.models.mae as mae
+    calls, real = [0], mae.ops.masked_pixel_loss
+
+    def loss_goes_nan(*args, **kwargs):
+        calls[0] += 1
+        loss = real(*args, **kwargs)
+        return loss if calls[0] <= 2 else loss * float("nan")
+
+    monkeypatch.setattr(mae.ops, "masked_pixel_loss", loss_goes_nan)
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(["train", "--data", str(images), "--output-dir", str(out), "--epochs", "5",
+                               "--max-bad-steps", "3", *TINY])
+    assert code == 2 and "not finite for 3 steps in a row" in stderr
+    state = checkpoint.load(out / checkpoint.LAST)
+    assert state["step"] == 5  # 2 good steps, then 3 skipped
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    rows = metrics(out)
+    assert [r["skipped_step"] for r in rows] == [False, False, True, True, True]
+
+
+def test_yaml_config_then_flags_override_and_resolved_config_is_saved(images, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("epochs: 1\nbatch-size: 4\nmask_ratio: 0.5\nmax_steps: 2\n")
+    out = tmp_path / "run"
+    code, _, _ = run_cli(["train", "--config", str(cfg), "--data", str(images), "--output-dir", str(out),
+                          *TINY])  # TINY sets --batch-size 8, which wins over the file
+    assert code == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["batch_size"] == 8 and saved["mask_ratio"] == 0.5 and saved["epochs"] == 1
+    assert saved["data"] == str(images) and saved["model"] == "mae_vit_micro_patch4"
+    assert checkpoint.load(out / checkpoint.LAST)["step"] == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\nlearning_rate: 3\n")
+    code, _, stderr = run_cli(["train", "--config", str(bad)])
+    assert code == 2 and "unknown setting 'learning_rate'" in stderr

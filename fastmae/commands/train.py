@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "keep-last", type=int, help="numbered checkpoints kept")
     _flag(p, "picture-every", type=int, help="epochs between reconstruction pictures")
     _flag(p, "clip-grad", type=float)
+    _flag(p, "max-bad-steps", type=int, help="non-finite losses in a row before the run stops")
     _flag(p, "max-steps", type=int, help="stop after this many optimizer steps")
     _flag(p, "log-every", type=int)
     _flag(p, "seed", type=int)

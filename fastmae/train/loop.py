@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from .. import data as fdata
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..models.registry import create_model
@@ -150,7 +151,7 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
                  "step": step, "scheduler": {"base_lr": base_lr, "steps_per_epoch": steps_per_epoch},
                  "rng": checkpoint.rng_state(noise_gen), "data_position": dict(position),
                  "model_config": model_config, "model_name": cfg.model,
-                 "fastmae_version": __import__("fastmae").__version__}
+                 "fastmae_version": __version__}
         return checkpoint.save(state, out, cfg.keep_last)
 
     total_steps = steps_per_epoch * cfg.epochs

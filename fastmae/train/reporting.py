@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from .. import pictures
@@ -41,7 +42,8 @@ class Reporter:
         if not self.main:
             return
         self._trim_metrics(step)
-        (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        # The resolved settings, in the format --config reads back.
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         attn = self.model.attn_backend
         self.log(f"fastmae train: {self.cfg.model} at {self.cfg.img_size}px on {self.device} "
                  f"({self.precision}), loader {loader_backend}, kernels {self.cfg.kernels}, attention {attn}; "
