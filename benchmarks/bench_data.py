@@ -206,6 +206,8 @@ def main(argv=None) -> int:
         if not dali_available():
             names = [n for n in names if not n.startswith(("fastmae-cpu", "fastmae-gpu", "dali"))]
             print("DALI contenders skipped: nvidia-dali is not installed", file=sys.stderr)
+    from fastmae.data import scan
+    source_images = len(scan(args.data))
     factories = {n: make(n, args) for n in names}
     rates = {n: [] for n in names}
     for r in range(args.rounds):
@@ -232,6 +234,7 @@ def main(argv=None) -> int:
                "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                "device": device_info(), "versions": versions(),
                "config": {k: v for k, v in vars(args).items() if k != "json"} | {"contenders": names,
+                                                                                  "source_images": source_images,
                                                                                   "transform": "RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3, bicubic) + horizontal flip + ImageNet normalise, float32 NCHW"},
                "results": results, "ratios_median_per_round": ratios}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from fastmae.data import classification_loader, dali_available, pretrain_loader, scan
 from fastmae.data.base import DataWarning
+from fastmae.data.images import load_image
 from tests.test_data_common import make_bad_files, make_folder, snapshot, write_image
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
@@ -77,19 +78,30 @@ def test_decode_time_skips_keep_batches_full(mixed, backend, workers):
 
 
 @needs_dali
-def test_dali_decodes_formats_it_lacks_through_pillow(tmp_path):
+def test_dali_converts_odd_good_files_like_pillow(tmp_path):
+    """GIF named .jpg, CMYK TIFF and JPEG, grayscale JPEG, 16-bit PNG, RGBA PNG: the DALI
+    loader's output equals its output for the same pixels as a plain RGB PNG."""
+    from tests.test_data_common import png16
+
     rng = np.random.default_rng(np.random.randint(2**31))
-    write_image(str(tmp_path / "c" / "a.jpg"), rng, (40, 32), fmt="GIF")  # a GIF named .jpg
-    write_image(str(tmp_path / "c" / "b.tif"), rng, (40, 32), mode="CMYK")
-    for name in ("a.jpg", "b.tif"):  # the same pixels as PNGs, which DALI decodes itself
-        Image.open(tmp_path / "c" / name).convert("RGB").save(tmp_path / "c" / f"{name}.png")
-    kw = dict(train=False, img_size=16, batch_size=4, device="cpu", num_workers=0, backend="dali")
+    c = tmp_path / "c"
+    write_image(str(c / "a.jpg"), rng, (40, 32), fmt="GIF")
+    write_image(str(c / "b.tif"), rng, (40, 32), mode="CMYK")
+    write_image(str(c / "c.jpg"), rng, (40, 32), mode="CMYK")
+    write_image(str(c / "d.jpg"), rng, (40, 32), mode="L")
+    write_image(str(c / "f.png"), rng, (40, 32), mode="RGBA")
+    png16(str(c / "e.png"), rng.integers(0, 256, (32, 40, 3), dtype=np.uint16) * 257)
+    names = ["a.jpg", "b.tif", "c.jpg", "d.jpg", "e.png", "f.png"]
+    for name in names:
+        Image.fromarray(np.asarray(load_image(str(c / name)))).save(c / f"{name}.ref.png")
+    kw = dict(train=False, img_size=16, batch_size=12, device="cpu", num_workers=0, backend="dali")
     loader = classification_loader(tmp_path, **kw)
-    assert [os.path.basename(p) for p in loader.samples.paths] == ["a.jpg", "a.jpg.png", "b.tif", "b.tif.png"]
+    got = [os.path.basename(p) for p in loader.samples.paths]
+    assert got == sorted(names + [f"{n}.ref.png" for n in names])
     x, _ = next(iter(loader))
     assert loader.skipped == []
-    torch.testing.assert_close(x[0], x[1], rtol=0, atol=0)
-    torch.testing.assert_close(x[2], x[3], rtol=0, atol=0)
+    for k in range(0, 12, 2):
+        torch.testing.assert_close(x[k], x[k + 1], rtol=0, atol=0, msg=got[k])
 
 
 def test_all_files_bad_is_a_data_error(tmp_path):

@@ -22,7 +22,7 @@ def _env():
 def test_two_process_gloo_gradients_match_single_process(tmp_path):
     data = make_image_folder(tmp_path / "data", n=16)
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-              "--master_port", "29517", str(WORKER)]
+              "--standalone", str(WORKER)]
     two = subprocess.run([*launch, str(data), str(tmp_path / "two"), "4", str(tmp_path / "g2")],
                          capture_output=True, text=True, env=_env(), timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 HELP = "Check a dataset: decode every image, report bad files, write a clean file list."
 
@@ -30,8 +31,12 @@ def run(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    t0 = time.perf_counter()
     from ..data.sources import scan
+
+    # Pillow's own warnings (odd EXIF, large images) would interleave with the report,
+    # which already names every file that cannot be used.
+    warnings.simplefilter("ignore")
+    t0 = time.perf_counter()
 
     samples = scan(args.path)
     with tqdm(total=len(samples), unit="img", desc="checking", disable=None, file=sys.stderr) as bar:

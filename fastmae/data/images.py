@@ -3,7 +3,6 @@ usable mode (grayscale, CMYK, 16-bit, alpha, palette) into 8-bit RGB or L."""
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -42,9 +41,7 @@ def open_checked(f, size: int) -> Image.Image:
     if size == 0:
         raise BadImage("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(f)
+        img = Image.open(f)
     except Image.DecompressionBombError:
         raise BadImage(f"image too large (over {MAX_PIXELS:,} pixels)") from None
     except Image.UnidentifiedImageError:
@@ -115,13 +112,13 @@ def decode(f, size: int, in_chans: int = 3, fast: bool = False) -> Image.Image:
     img = open_checked(f, size)
     if fast and img.format == JPEG:
         img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+    # No warnings.catch_warnings here: it is not thread-safe, and check() and usable()
+    # call this from thread pools. Pillow's warnings (odd EXIF, large images) pass through.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns about odd EXIF/ICC; still an image
-            img.load()
-            if img.getexif().get(0x0112, 1) != 1:
-                img = ImageOps.exif_transpose(img)
-            return to_mode(img, in_chans)
+        img.load()
+        if img.getexif().get(0x0112, 1) != 1:
+            img = ImageOps.exif_transpose(img)
+        return to_mode(img, in_chans)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadImage(f"cannot decode ({e})") from None
 
