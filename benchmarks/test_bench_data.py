@@ -23,7 +23,8 @@ def folder(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=pytest.mark.skipif(
     not dali_available(), reason="NVIDIA DALI is not installed"))])
-def test_bench_pretrain_epoch(benchmark, folder, backend):
+def test_bench_pretrain_epoch(benchmark, folder, backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMAE_CACHE", str(tmp_path / "cache"))
     loader = pretrain_loader(folder, img_size=64, batch_size=8, backend=backend, device="cpu", num_workers=2)
 
     def epoch():

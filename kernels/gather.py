@@ -16,12 +16,14 @@ def _gather_fwd_kernel(
     out_ptr,  # (B, K, P) contiguous, P = p*p*C, dtype of imgs
     s_ib, s_ic, s_ih, s_iw,
     s_db, s_dk,
-    K, L, GRID_W, C, P,
+    K, L, GRID_W,
+    C: tl.constexpr,  # constexpr: the per-element // and % by C become multiplies
+    P: tl.constexpr,  # constexpr: rows of P values (588 at p=14) get vector stores
     PATCH: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # b * K + k
-    blk = tl.program_id(1).to(tl.int64)
+    blk = tl.program_id(1)  # int32: offsets inside a patch (< P) stay 32-bit, as does their division
     b = row // K
     k = row % K
     patch = tl.load(ids_ptr + b * s_db + k * s_dk).to(tl.int64)
@@ -35,7 +37,7 @@ def _gather_fwd_kernel(
     in_patch = offs < P
     i = offs // (PATCH * C)  # row inside the patch
     j = (offs // C) % PATCH  # column inside the patch
-    c = offs % C  # channel, fastest
+    c = (offs % C).to(tl.int64)  # channel, fastest; 64-bit: c * s_ic may pass 2**31
     src = imgs_ptr + b * s_ib + c * s_ic + (gh * PATCH + i) * s_ih + (gw * PATCH + j) * s_iw
     vals = tl.load(src, mask=in_patch & valid, other=float("nan"))
     tl.store(out_ptr + row * P + offs, vals, mask=in_patch)

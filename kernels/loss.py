@@ -29,7 +29,9 @@ def _masked_pixel_loss_fwd_kernel(
     s_pb, s_pl, s_pp,
     s_ib, s_ic, s_ih, s_iw,
     s_mb, s_ml,
-    L, GRID_W, C, P,
+    L, GRID_W,
+    C: tl.constexpr,  # constexpr: the per-element // and % by C become multiplies
+    P: tl.constexpr,  # constexpr: rows of P values (588 at p=14) get vector stores
     eps,
     PATCH: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -47,7 +49,7 @@ def _masked_pixel_loss_fwd_kernel(
     ok = offs < P
     i = offs // (PATCH * C)
     j = (offs // C) % PATCH
-    c = offs % C
+    c = (offs % C).to(tl.int64)  # c * s_ic may pass 2**31
     ld = offs < tl.where(m != 0.0, P, 0)  # a visible patch (m == 0) reads nothing
     t = tl.load(imgs_ptr + b * s_ib + c * s_ic + (gh * PATCH + i) * s_ih + (gw * PATCH + j) * s_iw,
                 mask=ld, other=0.0).to(tl.float32)

@@ -15,6 +15,12 @@ from fastmae.data.base import DataWarning
 from fastmae.data.images import load_image
 from tests.test_data_common import make_bad_files, make_folder, snapshot, write_image
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_cache):
+    """Loaders cache header verdicts in $FASTMAE_CACHE: keep each test's to itself."""
+    return tmp_cache
+
+
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
 BACKENDS = ["torch", pytest.param("dali", marks=needs_dali)]
 
@@ -179,3 +185,23 @@ def test_dali_failure_on_a_good_file_reroutes_it_through_pillow(tmp_path, monkey
                                    device="cpu", num_workers=1)
     x, y = next(iter(loader))
     assert x.shape == (4, 3, 16, 16) and loader.skipped == [] and 3 in loader._via_pillow
+
+
+def test_header_verdicts_are_cached_until_a_file_changes(mixed, tmp_cache, monkeypatch):
+    import fastmae.data.loader as loader_mod
+
+    root, expected = mixed
+    kw = dict(img_size=8, batch_size=2, backend="torch", device="cpu", num_workers=0)
+    with pytest.warns(DataWarning):
+        first = pretrain_loader(root, **kw).skipped
+    assert len(list((tmp_cache / "checked").iterdir())) == 1
+
+    def no_call(path):
+        raise AssertionError("headers were checked again")
+
+    monkeypatch.setattr(loader_mod, "header_problem", no_call)
+    with pytest.warns(DataWarning):
+        assert pretrain_loader(root, **kw).skipped == first
+    os.utime(root / "bad" / "empty.jpg", ns=(1, 1))  # a changed file: check again
+    with pytest.raises(AssertionError, match="checked again"):
+        pretrain_loader(root, **kw)

@@ -9,6 +9,12 @@ from fastmae.data import IMAGENET_MEAN, IMAGENET_STD, classification_loader, dal
 from fastmae.errors import BackendUnavailable, ConfigError, DataError
 from tests.test_data_common import make_folder
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_cache):
+    """Loaders cache header verdicts in $FASTMAE_CACHE: keep each test's to itself."""
+    return tmp_cache
+
+
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
 BACKENDS = ["torch", pytest.param("dali", marks=needs_dali)]
 

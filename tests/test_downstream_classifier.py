@@ -131,3 +131,16 @@ def test_bad_checkpoints_and_configs(tmp_path):
 def test_default_layer_decay_by_size():
     assert default_layer_decay(12) == 0.65 and default_layer_decay(6) == 0.65
     assert default_layer_decay(24) == 0.75 and default_layer_decay(32) == 0.75
+
+
+def test_official_encoder_only_checkpoint(tmp_path):
+    # mae_pretrain_vit_*.pth style: {'model': encoder weights}, no config: inferred from shapes
+    mae = tiny_mae(embed_dim=64, num_heads=1)
+    enc = {k: v for k, v in mae.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
+    torch.save({"model": enc}, tmp_path / "enc.pth")
+    vit, info = build_classifier(3, checkpoint=tmp_path / "enc.pth", global_pool=False)
+    assert vit.embed_dim == 64 and len(vit.blocks) == 2 and vit.img_size == (16, 16)
+    imgs = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(vit.eval().features(imgs), mae.eval().forward_features(imgs)[:, 0],
+                                   rtol=1e-5, atol=1e-5)

@@ -186,6 +186,12 @@ def test_export_hf_and_official(tmp_path, ckpt, capsys):
     for k, v in mae.state_dict().items():
         torch.testing.assert_close(back.state_dict()[k], v, msg=k)
     _error(capsys, ["export", str(ckpt), "--format", "hf", "--out", str(hf_dir)], "already exists")
+    from fastmae.downstream.pretrained import build_classifier
+    from_hf, _ = build_classifier(3, checkpoint=hf_dir, global_pool=False)
+    from_pth, _ = build_classifier(3, checkpoint=ckpt, global_pool=False)
+    imgs = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(from_hf.eval().features(imgs), from_pth.eval().features(imgs))
     # the HF folder is itself a source for fine-tuning / export
     official = tmp_path / "official.pth"
     assert main(["export", str(hf_dir), "--format", "official", "--out", str(official)]) == 0

@@ -45,8 +45,9 @@ def run(args) -> int:
     for path, reason in report.bad:
         print(f"bad: {path}: {reason}")
     n, nbad = len(samples), len(report.bad)
-    labels = f", {len(samples.classes)} classes" if samples.classes else ", unlabelled"
-    print(f"checked {n} image files in {args.path}{labels} in {dt:.1f} s: {n - nbad} good, {nbad} bad")
+    k = len(samples.classes or [])
+    labels = f"{k} class{'' if k == 1 else 'es'}" if k else "unlabelled"
+    print(f"checked {n} image files ({labels}) in {args.path} in {dt:.1f} s: {n - nbad} good, {nbad} bad")
     if args.out:
         write_list(report.clean, args.out)
         print(f"wrote {n - nbad} good files to {args.out}")

@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(p, "mask-ratio", type=float, default=None)
     flag(p, "seed", type=int, default=0)
     flag(p, "device", default="auto", help="auto | cuda | cpu")
-    flag(p, "loader", default="auto", help="auto | dali | torch")
+    flag(p, "loader", default="torch",
+         help="torch (default: the measured CPU path) | dali | auto")
     flag(p, "kernels", default="auto", help="auto | triton | torch")
     flag(p, "force", action="store_true", help="write into a non-empty --output-dir")
 

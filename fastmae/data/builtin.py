@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import DataError
+from .cache import cache_dir
 
 VERSION = "builtin-v1"
 CLASSES = ("bar", "circle", "crescent", "cross", "ell", "frame", "ring", "square", "star", "triangle")
@@ -22,10 +23,6 @@ SPLITS = {"train": 2000, "val": 500}
 SIZE = 64
 _SS = 3  # drawn at 3x and downsampled: smooth edges
 _SPLIT_SEED = {"train": 0, "val": 1}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTMAE_CACHE") or Path.home() / ".cache" / "fastmae").expanduser()
 
 
 def _rotate(points, angle, cx, cy):

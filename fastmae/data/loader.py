@@ -3,6 +3,8 @@ is installed, else torchvision), drop files whose headers show they cannot be us
 build the loader."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +13,7 @@ import torch
 
 from ..errors import BackendUnavailable, ConfigError, DataError
 from .base import DataWarning, describe_skips
+from .cache import cache_dir
 from .images import header_problem
 from .sources import Samples, scan
 from .transforms import FINETUNE_SCALE, PRETRAIN_SCALE, EvalTransform, TrainTransform
@@ -52,23 +55,67 @@ def _resolve_device(device) -> torch.device:
 
 
 def default_workers() -> int:
+    """Usable cores shared among the processes of this node (torchrun's LOCAL_WORLD_SIZE),
+    at most 16."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:
         n = os.cpu_count() or 1
+    try:
+        n //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        pass
     return max(1, min(n, 16))
+
+
+def _fingerprint(paths) -> str | None:
+    """A digest of every file's path, size and modification time (None if one is missing):
+    the same digest means the same files, so the same header verdicts."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def usable(samples: Samples, threads: int | None = None) -> tuple[Samples, list[tuple[str, str]]]:
     """`samples` without the files whose header or end bytes show they cannot be used
     (empty, not an image, truncated, 1x1, decompression-bomb size), and those files with
-    the reason. Reads only headers and tails: cheap next to decoding."""
-    threads = threads or min(32, 4 * default_workers())
-    with ThreadPoolExecutor(threads) as pool:
-        problems = list(pool.map(header_problem, samples.paths, chunksize=64))
-    good = [i for i, p in enumerate(problems) if p is None]
-    bad = [(samples.paths[i], p) for i, p in enumerate(problems) if p is not None]
-    return (samples if not bad else samples.subset(good)), bad
+    the reason. Reads only headers and tails, in a thread pool; the verdicts are cached in
+    $FASTMAE_CACHE/checked/ under a digest of the files' sizes and times, so a restart on
+    unchanged files only stats them."""
+    key = _fingerprint(samples.paths)
+    record = cache_dir() / "checked" / f"{key}.json"
+    bad = None
+    if key is not None and record.is_file():
+        try:
+            bad = [tuple(x) for x in json.loads(record.read_text())["bad"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            bad = None  # an unreadable record is only a missed shortcut
+    if bad is None:
+        threads = threads or min(32, 4 * default_workers())
+        with ThreadPoolExecutor(threads) as pool:
+            problems = list(pool.map(header_problem, samples.paths, chunksize=64))
+        bad = [(samples.paths[i], p) for i, p in enumerate(problems) if p is not None]
+        if key is not None:
+            _write_record(record, bad)
+    if not bad:
+        return samples, []
+    bad_paths = {p for p, _ in bad}
+    return samples.subset(i for i, p in enumerate(samples.paths) if p not in bad_paths), bad
+
+
+def _write_record(record, bad) -> None:
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"bad": bad}))
+        os.replace(tmp, record)
+    except OSError:
+        pass  # a read-only cache only costs the next start a re-check
 
 
 def _check_args(img_size, batch_size, in_chans, world_size, rank):

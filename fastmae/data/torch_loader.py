@@ -4,7 +4,7 @@ index), so any batch can be recomputed exactly (resume mid-epoch)."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import DataError
 from .base import Loader
@@ -46,7 +46,8 @@ class _SampleDataset(Dataset):
 
 
 def _collate(items):
-    imgs = torch.stack([x for x, _, _ in items])
+    # default_collate stacks straight into shared memory inside a worker: no extra copy
+    imgs = default_collate([x for x, _, _ in items])
     labels = torch.tensor([y for _, y, _ in items], dtype=torch.int64)
     skipped = [s for _, _, ss in items for s in ss]
     return imgs, labels, skipped
