@@ -9,19 +9,9 @@ import sys
 
 from .errors import FastMAEError
 
-# command name -> module under fastmae.commands (imported only when that command runs)
-COMMANDS = {
-    "data": "data",
-    "bench": "bench",
-    "train": "train",
-    "finetune": "finetune",
-    "linprobe": "linprobe",
-    "knn": "knn",
-    "embed": "embed",
-    "visualize": "visualize",
-    "export": "export",
-    "demo": "demo",
-}
+# Each name is a module under fastmae.commands, in the order `fastmae --help` lists them.
+COMMANDS = ("train", "finetune", "linprobe", "knn", "embed", "visualize", "export", "demo",
+            "data", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,12 +19,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"fastmae: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or for `only` one (each command module imports what it
+    needs, so building one subparser instead of all keeps start-up short)."""
     parser = _Parser(prog="fastmae", description="Fast Masked Autoencoder pretraining for ViTs.")
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
     sub.required = True
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"fastmae.commands.{module_name}")
+    for name in (only,) if only else COMMANDS:
+        module = importlib.import_module(f"fastmae.commands.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_module=module)
@@ -42,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
     except FastMAEError as e:

@@ -25,6 +25,19 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    # Loaders cache file checks and the built-in dataset under FASTMAE_CACHE: keep the
+    # test run's out of the user's ~/.cache.
+    old = os.environ.get("FASTMAE_CACHE")
+    os.environ["FASTMAE_CACHE"] = str(tmp_path_factory.mktemp("fastmae-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FASTMAE_CACHE", None)
+    else:
+        os.environ["FASTMAE_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     # A per-test seed from the test's name: fresh inputs per test, reproducible runs.

@@ -101,7 +101,7 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
 
     source = cfg.data if cfg.data is not None else fdata.builtin_dataset("train")
     loader = fdata.pretrain_loader(source, img_size=cfg.img_size, batch_size=cfg.batch_size,
-                                   backend=cfg.loader, device=device.type, num_workers=cfg.num_workers,
+                                   backend=cfg.loader, device=device, num_workers=cfg.num_workers,
                                    seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
                                    in_chans=cfg.in_chans)
     steps_per_epoch = len(loader) // cfg.accum_iter
