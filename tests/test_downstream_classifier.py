@@ -1,6 +1,5 @@
 """The ViT classifier built from an MAE encoder: weights land where they should, position
 embeddings resize correctly, the forward pass matches the MAE encoder's."""
-import math
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Each downstream command end to end on a tiny model and a handful of generated images."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -150,3 +150,16 @@ def test_registry_sizes():
     n_params = sum(p.numel() for p in model.parameters())
     assert 111e6 < n_params < 113e6  # official MAE ViT-B/16 with decoder: 111.9M (incl. frozen pos)
     assert fastmae.create_model("mae_vit_huge_patch14", depth=1, decoder_depth=1).num_patches == 256
+
+
+def test_backends_report_what_will_run(monkeypatch):
+    model = fastmae.MaskedAutoencoderViT(**TINY, attn="math")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert model.backends("cpu", torch.float32) == {"attn": "math", "decoder_attn": "math", "kernels": "torch"}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    auto = fastmae.MaskedAutoencoderViT(**TINY)
+    assert auto.backends("cpu", torch.float32) == {"attn": "sdpa", "decoder_attn": "sdpa", "kernels": "triton"}
+    flash = fastmae.MaskedAutoencoderViT(**TINY, attn="flash") if fastmae.models.attention.flash_available() else None
+    if flash is not None:  # installed, but fp32 CPU tensors cannot run it
+        with pytest.raises(fastmae.BackendUnavailable, match="flash"):
+            flash.backends("cpu", torch.float32)

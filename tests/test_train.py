@@ -129,6 +129,8 @@ def test_finished_run_resumes_to_nothing_and_keeps_outputs(images, tmp_path):
     (["--mask-ratio", "1.5"], "--mask-ratio"),
     (["--epochs", "ten"], "invalid int value"),
     (["--kernels", "cuda"], "--kernels"),
+    (["--attn", "flash"], "flash"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--precision", "fp8"], "--"),
     (["--config", "{missing}"], "does not exist"),
 ])
 def test_user_errors_exit_2_with_one_line(images, tmp_path, extra, message):

@@ -1,11 +1,14 @@
-"""The NVIDIA DALI backend. fastmae owns the file order: an external_source feeds each
-batch's encoded bytes from the epoch plan (sharding, reshuffle, resume, bad-file skipping
-stay in Python); DALI decodes with a fused random crop (device="mixed" on a GPU, "cpu"
-without one), resizes (cubic), flips and normalises into an NCHW batch.
+"""The NVIDIA DALI backend. fastmae owns the file order and the randomness: an
+external_source feeds each batch's encoded bytes from the epoch plan (sharding, reshuffle,
+resume, bad-file skipping stay in Python) together with each sample's crop window and flip,
+drawn on the host by the torch backend's own sampler from the sample's generator (a pure
+function of seed, epoch and sample index). DALI decodes only that window (ROI decoding;
+device="mixed" on a GPU, "cpu" without one), resizes (cubic), flips and normalises into an
+NCHW batch. The graph has no random operator, so a batch does not depend on what ran before
+it: resuming mid-epoch reproduces the uninterrupted run, and both backends crop the same
+windows.
 
-A new pipeline is built for every iter_from() (builds take milliseconds), seeded from
-(seed, rank, epoch, start batch), so each epoch is deterministic from the seed whatever ran
-before it."""
+A new pipeline is built for every iter_from() (builds take milliseconds)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,9 +16,9 @@ import torch
 
 from ..errors import DataError
 from .base import Loader
-from .images import BadImage, load_image
-from .sources import sample_seed
-from .transforms import RATIO, eval_resize, mean_std, normalize_uint8, resize_shorter_centre_crop, resize_uint8
+from .images import BadImage, decoded_size, load_image
+from .transforms import (eval_resize, mean_std, normalize_uint8, random_crop_flip, resize_shorter_centre_crop,
+                         resize_uint8, sample_generator)
 
 MAX_SUBSTITUTES = 32  # a bad file is replaced by the next index; give up after this many in a row
 
@@ -27,31 +30,39 @@ def _dali_native(head: bytes) -> bool:
             or (head[:4] == b"RIFF" and head[8:12] == b"WEBP" and head[12:16] in (b"VP8 ", b"VP8L")))
 
 
-def _pnm(img) -> np.ndarray:
+def _pnm(img) -> bytes:
     """A decoded Pillow image as PNM bytes (no compression): what DALI gets for formats it
     does not read itself."""
     magic = b"P6" if img.mode == "RGB" else b"P5"
     header = b"%s\n%d %d\n255\n" % (magic, img.width, img.height)
-    return np.frombuffer(header + img.tobytes(), dtype=np.uint8)
+    return header + img.tobytes()
 
 
 class _Feeder:
-    """external_source callback: batch i of the plan as a list of encoded images."""
+    """external_source callback: batch i of the plan as a list of encoded images, and for
+    training also each image's crop start (x, y), crop shape (w, h) and flip (0/1)."""
 
-    def __init__(self, loader: "DaliLoader", plan):
-        self.loader, self.plan = loader, plan
+    def __init__(self, loader: "DaliLoader", plan, epoch: int):
+        self.loader, self.plan, self.epoch = loader, plan, epoch
         self.fed = {}  # iteration -> sample indices actually fed (after substitution)
 
     def __call__(self, i):
         if i >= len(self.plan):
             raise StopIteration
-        encoded, indices = [], []
+        loader = self.loader
+        encoded, indices, starts, shapes, flips = [], [], [], [], []
         for index in self.plan[i]:
-            j, data = self.loader._read(index)
+            j, data, size = loader._read(index)
             encoded.append(data)
             indices.append(j)
+            if loader.train:
+                g = sample_generator(loader.seed, self.epoch, j)
+                (top, left, h, w), flip = random_crop_flip(size[0], size[1], loader.scale, g)
+                starts.append(np.array([left, top], dtype=np.int32))
+                shapes.append(np.array([w, h], dtype=np.int32))
+                flips.append(np.array(flip, dtype=np.int32))
         self.fed[i] = indices
-        return encoded
+        return (encoded, starts, shapes, flips) if loader.train else encoded
 
 
 class DaliLoader(Loader):
@@ -72,7 +83,9 @@ class DaliLoader(Loader):
         self._bad.add(i)
         self._record_skips([(self.samples.paths[i], reason)])
 
-    def _read(self, index: int) -> tuple[int, np.ndarray]:
+    def _read(self, index: int) -> tuple[int, np.ndarray, tuple[int, int] | None]:
+        """The sample read in place of `index` (itself, or the next usable one), its bytes
+        for DALI and, for training, the (width, height) DALI decodes it to."""
         n = len(self.samples)
         for k in range(min(n, MAX_SUBSTITUTES)):
             i = (index + k) % n
@@ -80,27 +93,36 @@ class DaliLoader(Loader):
                 continue
             path = self.samples.paths[i]
             try:
-                data = np.fromfile(path, dtype=np.uint8)
+                with open(path, "rb") as f:
+                    data = f.read()
             except OSError as e:
                 self._mark_bad(i, f"cannot read ({e.strerror or e})")
                 continue
-            if data.size == 0:
+            if not data:
                 self._mark_bad(i, "empty file (0 bytes)")
                 continue
-            if i in self._via_pillow or not _dali_native(data[:16].tobytes()):
-                try:
-                    data = _pnm(load_image(path, self.in_chans))
-                except BadImage as e:
-                    self._mark_bad(i, str(e))
-                    continue
-            return i, data
+            size = None
+            try:
+                native = i not in self._via_pillow and _dali_native(data[:16])
+                if native and self.train:
+                    size = decoded_size(data)  # header only, EXIF orientation applied
+                    if size is None:
+                        self._via_pillow.add(i)
+                        native = False
+                if not native:
+                    img = load_image(path, self.in_chans)
+                    data, size = _pnm(img), img.size
+            except BadImage as e:
+                self._mark_bad(i, str(e))
+                continue
+            return i, np.frombuffer(data, dtype=np.uint8), size
         raise DataError(f"{MAX_SUBSTITUTES} image files in a row cannot be used, e.g. "
                         f"{self.samples.paths[index]}; run `fastmae data check` on the source")
 
     # -- pipeline ----------------------------------------------------------------------
-    def _pipeline(self, feeder: _Feeder, seed: int):
-        """On a GPU the whole chain runs in DALI: mixed decode with the random crop, cubic
-        resize, crop_mirror_normalize. On the CPU, DALI decodes and crops (ROI decoding,
+    def _pipeline(self, feeder: _Feeder):
+        """On a GPU the whole chain runs in DALI: mixed decode of the crop window, cubic
+        resize, crop_mirror_normalize. On the CPU, DALI decodes the window (ROI decoding,
         its threads) and the resize, flip and normalise run in torch: DALI's CPU resize
         measured slower than decoding itself, torch's vectorised uint8 antialiased bicubic
         is several times faster (benchmarks/bench_data.py compares the two)."""
@@ -108,18 +130,20 @@ class DaliLoader(Loader):
 
         gpu = self.device.type == "cuda"
         pipe = Pipeline(batch_size=self.batch_size, num_threads=self.num_threads,
-                        device_id=self.device.index if gpu else None, seed=seed,
+                        device_id=self.device.index if gpu else None,
                         prefetch_queue_depth=2, exec_dynamic=True)
         out_type = types.RGB if self.in_chans == 3 else types.GRAY
         s = self.img_size
         with pipe:
-            encoded = fn.external_source(source=feeder, batch=True, dtype=types.UINT8, ndim=1)
             if self.train:
-                imgs = fn.decoders.image_random_crop(
-                    encoded, device="mixed" if gpu else "cpu", output_type=out_type,
-                    random_area=list(self.scale), random_aspect_ratio=list(RATIO), num_attempts=10)
-                mirror = fn.random.coin_flip(probability=0.5)
+                encoded, start, shape, mirror = fn.external_source(
+                    source=feeder, num_outputs=4, batch=True, ndim=[1, 1, 1, 0],
+                    dtype=[types.UINT8, types.INT32, types.INT32, types.INT32])
+                # integer start/shape are absolute pixels, (x, y) and (w, h) in the oriented image
+                imgs = fn.decoders.image_slice(encoded, start, shape, device="mixed" if gpu else "cpu",
+                                               output_type=out_type)
             else:
+                encoded = fn.external_source(source=feeder, batch=True, dtype=types.UINT8, ndim=1)
                 imgs = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=out_type)
                 mirror = None
             if not gpu:
@@ -178,15 +202,14 @@ class DaliLoader(Loader):
         return normalize_uint8(batch, self._mean, self._std)
 
     def iter_from(self, epoch: int, start_batch: int = 0):
-        return self._generate(epoch, start_batch, self.plan(epoch, start_batch))
+        return self._generate(epoch, self.plan(epoch, start_batch))
 
-    def _generate(self, epoch: int, start_batch: int, plan):
+    def _generate(self, epoch: int, plan):
         done = 0
         rerouted_at = None  # batch at which the last unexplained DALI error happened
         while done < len(plan):
-            feeder = _Feeder(self, plan[done:])
-            seed = sample_seed(sample_seed(self.seed, self.rank, epoch), start_batch + done, 0) % 2**31
-            pipe = self._pipeline(feeder, seed)
+            feeder = _Feeder(self, plan[done:], epoch)
+            pipe = self._pipeline(feeder)
             resumed_at = done
             error = None
             while done < len(plan):

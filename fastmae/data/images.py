@@ -2,6 +2,7 @@
 usable mode (grayscale, CMYK, 16-bit, alpha, palette) into 8-bit RGB or L."""
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -78,6 +79,25 @@ def header_problem(path: str) -> str | None:
         return None
     except BadImage as e:
         return str(e)
+
+
+def decoded_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the encoded image `data` once decoded with its EXIF orientation
+    applied, as decode() and DALI's decoders both output it, read from the header alone.
+    None when the header does not settle it (a PNG whose eXIf chunk comes after the pixel
+    data, EXIF Pillow cannot parse): such a file is decoded by Pillow, which knows the size
+    it outputs. BadImage when open_checked() rejects the file."""
+    img = open_checked(io.BytesIO(data), len(data))
+    w, h = img.size
+    if "exif" in img.info:
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - any malformed EXIF: let Pillow decode the file
+            return None
+        return (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # 5-8 transpose the image
+    if img.format == PNG and b"eXIf" in data:
+        return None
+    return w, h
 
 
 def to_mode(img: Image.Image, in_chans: int) -> Image.Image:

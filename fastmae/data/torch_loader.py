@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ..errors import DataError
 from .base import Loader
 from .images import BadImage, load_image
-from .sources import sample_seed
+from .transforms import sample_generator
 
 MAX_SUBSTITUTES = 32  # a bad file is replaced by the next index; give up after this many in a row
 
@@ -38,7 +38,7 @@ class _SampleDataset(Dataset):
             except BadImage as e:
                 skipped.append((self.paths[i], str(e)))
                 continue
-            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, i))
+            g = sample_generator(self.seed, epoch, i)
             label = -1 if self.labels is None else self.labels[i]
             return self.transform(img, g), label, skipped
         raise DataError(f"{len(skipped)} image files in a row cannot be decoded, e.g. "

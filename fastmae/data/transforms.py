@@ -9,6 +9,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from .sources import sample_seed
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -48,6 +50,20 @@ def crop_params(width: int, height: int, scale, ratio, g: torch.Generator):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of every random draw of sample `index` in `epoch`: a pure function of
+    (seed, epoch, index), so any batch of any epoch can be recomputed (exact resume)."""
+    return torch.Generator().manual_seed(sample_seed(seed, epoch, index))
+
+
+def random_crop_flip(width: int, height: int, scale, g: torch.Generator):
+    """Every random draw of one training sample, in order: the RandomResizedCrop window
+    (top, left, h, w) of a width x height image, then the horizontal flip. Both backends
+    call this with the sample's own generator, so they pick the same window and flip."""
+    window = crop_params(width, height, scale, RATIO, g)
+    return window, torch.rand(1, generator=g).item() < 0.5
+
+
 def eval_resize(img_size: int) -> int:
     return int(math.floor(img_size / EVAL_CROP_PCT))
 
@@ -62,9 +78,9 @@ class TrainTransform:
         self.mean, self.std = mean_std(in_chans)
 
     def __call__(self, img, g: torch.Generator) -> torch.Tensor:
-        i, j, h, w = crop_params(img.width, img.height, self.scale, RATIO, g)
+        (i, j, h, w), flip = random_crop_flip(img.width, img.height, self.scale, g)
         img = TF.resized_crop(img, i, j, h, w, self.size, InterpolationMode.BICUBIC, antialias=True)
-        if torch.rand(1, generator=g).item() < 0.5:
+        if flip:
             img = TF.hflip(img)
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
 

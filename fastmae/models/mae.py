@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from .. import ops
 from ..ops import dispatch
+from . import attention as attn_backends
 from .pos_embed import sincos_2d
 from .vit import Block, PatchEmbed, init_weights
 
@@ -81,6 +82,21 @@ class MaskedAutoencoderViT(nn.Module):
     @property
     def attn_backend(self) -> str:
         return self.blocks[0].attn.backend if len(self.blocks) else "none"
+
+    def backends(self, device, dtype: torch.dtype) -> dict:
+        """What will run for activations of `dtype` on `device`: the attention backend of the
+        encoder and decoder and the op implementation. Raises BackendUnavailable up front if
+        a backend asked for by name cannot run there."""
+        def attn_of(blocks):
+            if not len(blocks):
+                return "none"
+            a = blocks[0].attn
+            probe = torch.empty(1, 1, a.qkv.out_features, device=device, dtype=dtype)
+            return attn_backends.resolve(a.backend, probe, a.num_heads)
+
+        probe = torch.empty(0, device=device)
+        return {"attn": attn_of(self.blocks), "decoder_attn": attn_of(self.decoder_blocks),
+                "kernels": dispatch.resolve(self.kernels, probe)}
 
     def set_attn_backend(self, name: str) -> None:
         for blk in list(self.blocks) + list(self.decoder_blocks):

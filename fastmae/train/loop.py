@@ -157,8 +157,9 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
+    backends = model.backends(device, DTYPES[precision])  # fails here, not mid-run
     reporter = Reporter(out, cfg, model, dist, device, precision, total_steps, log)
-    reporter.start(step, base_lr, eff_batch, loader.backend)
+    reporter.start(step, base_lr, eff_batch, {"loader": loader.backend, **backends})
     autocast = (torch.autocast(device.type, dtype=DTYPES[precision]) if precision != "fp32"
                 else contextlib.nullcontext())
     # A resumed run's checkpoint already holds its current step.

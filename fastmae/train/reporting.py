@@ -38,15 +38,16 @@ class Reporter:
         self.peak = spec_peak_tflops(torch.cuda.get_device_name(device), precision) \
             if device.type == "cuda" else None
 
-    def start(self, step: int, base_lr: float, eff_batch: int, loader_backend: str) -> None:
+    def start(self, step: int, base_lr: float, eff_batch: int, backends: dict) -> None:
         if not self.main:
             return
         self._trim_metrics(step)
         # The resolved settings, in the format --config reads back.
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        attn = self.model.attn_backend
+        b = backends
         self.log(f"fastmae train: {self.cfg.model} at {self.cfg.img_size}px on {self.device} "
-                 f"({self.precision}), loader {loader_backend}, kernels {self.cfg.kernels}, attention {attn}; "
+                 f"({self.precision}), loader {b['loader']}, ops {b['kernels']}, attention {b['attn']} "
+                 f"(decoder {b['decoder_attn']}); "
                  f"effective batch {eff_batch}, lr {base_lr:.3g}, {self.total_steps} steps")
         self.tb = _tensorboard(self.out)
         self.bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True,
