@@ -76,7 +76,8 @@ def _expected(loader, epoch: int, start_batch: int = 0) -> list[torch.Tensor]:
             arr = arr if arr.ndim == 3 else arr[..., None]
             g = sample_generator(loader.seed, epoch, i)
             (top, left, h, w), flip = random_crop_flip(arr.shape[1], arr.shape[0], loader.scale, g)
-            crop = torch.from_numpy(np.ascontiguousarray(arr[top:top + h, left:left + w])).permute(2, 0, 1)[None]
+            crop = np.ascontiguousarray(arr[top:top + h, left:left + w])
+            crop = torch.from_numpy(crop).permute(2, 0, 1)[None]  # channels-last, as the loader's crops
             x = resize_uint8(crop, (s, s))[0]
             imgs.append(x.flip(-1) if flip else x)
         out.append(normalize_uint8(torch.stack(imgs), [255 * m for m in mean], [255 * v for v in std]))
@@ -153,14 +154,16 @@ def test_both_backends_pick_the_same_windows_and_flips(tmp_path):
     differ only by their resamplers (Pillow vs torch bicubic), not by crop or flip."""
     rng = _rng()
     for i in range(8):
-        write_image(str(tmp_path / "k" / f"{i}.png"), rng, (int(rng.integers(30, 70)), int(rng.integers(30, 70))))
+        size = (int(rng.integers(30, 70)), int(rng.integers(30, 70)))
+        write_image(str(tmp_path / "k" / f"{i}.png"), rng, size)
     kw = dict(train=True, img_size=16, batch_size=4, device="cpu", num_workers=0, seed=21)
     torch_loader = classification_loader(tmp_path, backend="torch", **kw)
     xt, _ = next(iter(torch_loader.iter_from(5)))
     mean, std = mean_std(3)
     for x, i in zip(xt, torch_loader.plan(5)[0]):
         img = load_image(torch_loader.samples.paths[i])
-        (top, left, h, w), flip = random_crop_flip(img.width, img.height, (0.08, 1.0), sample_generator(21, 5, i))
+        g = sample_generator(21, 5, i)
+        (top, left, h, w), flip = random_crop_flip(img.width, img.height, (0.08, 1.0), g)
         ref = TF.resized_crop(img, top, left, h, w, [16, 16], TF.InterpolationMode.BICUBIC, antialias=True)
         ref = TF.normalize(TF.to_tensor(TF.hflip(ref) if flip else ref), mean, std)
         torch.testing.assert_close(x, ref, rtol=0, atol=0)
@@ -212,3 +215,19 @@ def test_dali_training_reroutes_a_file_it_cannot_decode_and_keeps_its_window(tmp
     x = next(iter(loader))
     assert loader.skipped == [] and 3 in loader._via_pillow
     torch.testing.assert_close(x, _expected(loader, 0)[0], rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_dali_gpu_resume_is_exact_and_crops_the_cpu_windows(tmp_path):
+    rng = _rng()
+    for i in range(12):
+        size = (int(rng.integers(30, 70)), int(rng.integers(30, 70)))
+        write_image(str(tmp_path / "g" / f"{i}.png"), rng, size)
+    kw = dict(img_size=16, batch_size=4, backend="dali", num_workers=2, seed=3)
+    gpu = pretrain_loader(tmp_path, device="cuda", **kw)
+    full = list(gpu.iter_from(1))
+    tail = list(pretrain_loader(tmp_path, device="cuda", **kw).iter_from(1, start_batch=1))
+    assert len(full) == 3 and all(torch.equal(a, b) for a, b in zip(full[1:], tail))
+    cpu = list(pretrain_loader(tmp_path, device="cpu", **kw).iter_from(1))
+    diffs = [(g.cpu() - c).abs().mean().item() for g, c in zip(full, cpu)]
+    assert max(diffs) < 0.03, diffs  # PNG decodes alike; DALI's and torch's cubic resize differ slightly

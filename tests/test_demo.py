@@ -47,7 +47,7 @@ def test_demo_refuses_a_non_empty_output_dir(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_pretraining_beats_scratch(tmp_path):
-    """The --quick demo on the real built-in dataset (minutes on a CPU)."""
+    """The --quick demo on the real built-in dataset (about 8 minutes on one CPU core)."""
     from fastmae.downstream.demo import quick_config
     cfg = quick_config(output_dir=str(tmp_path / "demo"), kernels="torch", progress=False)
     r = run_demo(cfg, log=lambda m: None)

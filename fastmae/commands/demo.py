@@ -8,7 +8,7 @@ HELP = "the whole story on the built-in dataset: MAE pretraining vs scratch with
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..downstream.flags import flag
     flag(p, "output-dir", default="./fastmae-demo", help="where the report, pictures and checkpoints go")
-    flag(p, "quick", action="store_true", help="fewer epochs: a few minutes, a smaller gap")
+    flag(p, "quick", action="store_true", help="half the fine-tuning epochs (about 8 CPU minutes instead of 11)")
     flag(p, "labels-per-class", type=int, default=None, help="labelled images per class (default 10)")
     flag(p, "pretrain-epochs", type=int, default=None)
     flag(p, "finetune-epochs", type=int, default=None)

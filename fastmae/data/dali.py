@@ -73,7 +73,8 @@ class DaliLoader(Loader):
         self.train, self.scale, self.img_size = train, tuple(scale), img_size
         self.num_threads, self.in_chans = num_threads, in_chans
         self._bad: set[int] = set()  # indices found unusable while reading or decoding
-        self._via_pillow: set[int] = set()  # indices DALI failed on but Pillow decodes
+        # indices Pillow decodes: DALI failed on them, or their header does not settle their size
+        self._via_pillow: set[int] = set()
         mean, std = mean_std(in_chans)
         self._mean = [255.0 * m for m in mean]
         self._std = [255.0 * s for s in std]
