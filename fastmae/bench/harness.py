@@ -287,7 +287,7 @@ def search_max_batch(name: str, setup: cont.Setup, base, start: int, log) -> dic
         return not oom
 
     best, first_oom = largest_fitting(fits, start)
-    del c
+    c = None  # drop the contender's weights and optimizer state before the next one
     gc.collect()
     torch.cuda.empty_cache()
     return {"max_batch": best, "max_batch_first_oom": first_oom, "max_batch_tries": len(tries)}

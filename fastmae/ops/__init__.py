@@ -5,4 +5,4 @@ from .patchify import check_images as patchify_check, patchify, unpatchify
 from .unshuffle import unshuffle_with_mask_token
 
 __all__ = ["gather_visible_patches", "unshuffle_with_mask_token", "masked_pixel_loss",
-           "patchify", "unpatchify"]
+           "patchify", "unpatchify", "patchify_check"]
