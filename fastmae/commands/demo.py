@@ -9,7 +9,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..downstream.flags import flag
     flag(p, "output-dir", default="./fastmae-demo", help="where the report, pictures and checkpoints go")
     flag(p, "quick", action="store_true", help="half the fine-tuning epochs (about 8 CPU minutes instead of 11)")
-    flag(p, "labels-per-class", type=int, default=None, help="labelled images per class (default 10)")
+    flag(p, "labels-per-class", type=int, default=None, help="labelled images per class (default 50, of ~200)")
     flag(p, "pretrain-epochs", type=int, default=None)
     flag(p, "finetune-epochs", type=int, default=None)
     flag(p, "mask-ratio", type=float, default=None)
