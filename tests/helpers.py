@@ -1,4 +1,5 @@
 """Small shared test utilities."""
+import pytest
 import torch
 
 import fastmae
@@ -25,3 +26,27 @@ def grads(model):
 def assert_close(a, b, rtol=1e-5, atol=1e-6, what=""):
     assert not torch.isnan(a).any(), f"{what}: NaN"
     torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def hf_lib():
+    return pytest.importorskip("transformers")
+
+
+def randomize(module, scale=0.2):
+    """Every parameter (norms, biases, position embeddings too) random, so that a
+    misplaced tensor shows."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+    return module
+
+
+def tiny_hf(**overrides):
+    """A small random Hugging Face ViTMAEForPreTraining (skips the test without transformers)."""
+    cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+               decoder_hidden_size=24, decoder_num_hidden_layers=1, decoder_num_attention_heads=3,
+               decoder_intermediate_size=48, image_size=32, patch_size=8, num_channels=3,
+               mask_ratio=0.75)
+    cfg.update(overrides)
+    tf = hf_lib()
+    return randomize(tf.ViTMAEForPreTraining(tf.ViTMAEConfig(**cfg)))

@@ -11,31 +11,15 @@ from fastmae.apply import apply_to
 from fastmae.errors import BackendUnavailable, ConfigError
 from fastmae.models import attention as attn_backends
 from fastmae.ops import dispatch
-from tests.helpers import TINY, assert_close
+from tests import helpers
+from tests.helpers import TINY, assert_close, hf_lib, randomize
 
-
-
-def hf_lib():
-    return pytest.importorskip("transformers")
 
 OPS = ("gather_visible_patches", "unshuffle_with_mask_token", "masked_pixel_loss")
 
 
-def randomize(module, scale=0.2):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn_like(p) * scale)
-    return module
-
-
 def tiny_hf(**overrides):
-    cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-               decoder_hidden_size=24, decoder_num_hidden_layers=1, decoder_num_attention_heads=3,
-               decoder_intermediate_size=48, image_size=32, patch_size=8, mask_ratio=0.75,
-               layer_norm_eps=1e-6)
-    cfg.update(overrides)
-    tf = hf_lib()
-    return randomize(tf.ViTMAEForPreTraining(tf.ViTMAEConfig(**cfg)))
+    return helpers.tiny_hf(**{"layer_norm_eps": 1e-6, **overrides})
 
 
 def op_calls(imgs, kernels="auto"):

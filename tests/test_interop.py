@@ -17,35 +17,17 @@ from fastmae.interop import (Checkpoint, from_hf_vitmae, hf_config, infer_model_
 from fastmae.interop import hf as hf_keys
 from fastmae.interop.statedict import is_decoder_key
 from fastmae.models.pos_embed import interpolate_pos_embed
-from tests.helpers import TINY, assert_close
+from tests import helpers
+from tests.helpers import TINY, assert_close, hf_lib, randomize
 
-
-
-def hf_lib():
-    return pytest.importorskip("transformers")
 
 # Inferable without help: widths are multiples of 64 and match no named size.
 INFERABLE = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=128, depth=2, num_heads=2,
                  decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=1, mlp_ratio=2.0)
 
 
-def randomize(module, scale=0.2):
-    """Every parameter (norms, biases, position embeddings too) random, so that a
-    misplaced tensor shows."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn_like(p) * scale)
-    return module
-
-
 def tiny_hf(**overrides):
-    cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-               decoder_hidden_size=24, decoder_num_hidden_layers=1, decoder_num_attention_heads=3,
-               decoder_intermediate_size=48, image_size=32, patch_size=8, num_channels=3,
-               mask_ratio=0.75)
-    cfg.update(overrides)
-    tf = hf_lib()
-    return randomize(tf.ViTMAEForPreTraining(tf.ViTMAEConfig(**cfg))).eval()
+    return helpers.tiny_hf(**overrides).eval()
 
 
 def same_state(a, b):

@@ -2,6 +2,7 @@
 the record of skipped files. Backends only turn a plan of sample indices into tensors."""
 from __future__ import annotations
 
+import abc
 import warnings
 
 import torch
@@ -21,7 +22,7 @@ def describe_skips(skips, total: int | None = None) -> str:
     return f"fastmae: skipped {len(skips)}{of} image files that cannot be used: {shown}{more} (see loader.skipped)"
 
 
-class Loader:
+class Loader(abc.ABC):
     """Batches of one rank's share of `samples`, epoch by epoch.
 
     len(loader) = batches per epoch; set_epoch(e) picks the epoch iter() runs;
@@ -71,8 +72,9 @@ class Loader:
         b = self.batch_size
         return [order[i * b:(i + 1) * b] for i in range(start_batch, self._len)]
 
+    @abc.abstractmethod
     def iter_from(self, epoch: int, start_batch: int = 0):
-        raise NotImplementedError
+        """Yield this rank's batches of `epoch`, starting at batch `start_batch`."""
 
     def _record_skips(self, skips) -> None:
         new = []
