@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..errors import BackendUnavailable, ConfigError
+from ..device import resolve_device
+from ..errors import ConfigError
 from ..models.registry import CONFIGS
 from . import contenders as cont
 from .flops import forward_flops, named_config
@@ -55,23 +56,6 @@ class BenchConfig:
     peak_tflops: float | None = None
     seed: int = 0
     extra: dict = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from e
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BackendUnavailable(f"--device {name} asked for but no CUDA GPU is visible")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
-    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

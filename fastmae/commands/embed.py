@@ -22,7 +22,8 @@ def run(args) -> int:
     import json
 
     from ..downstream.embed import embed
-    from ..downstream.finetune import resolve_device, resolve_precision
+    from ..device import resolve_device
+    from ..downstream.finetune import resolve_precision
     device = resolve_device(args.device)
     summary = embed(args.path, args.checkpoint, args.out, pool=args.pool, img_size=args.img_size,
                     batch_size=args.batch_size, num_workers=args.num_workers, device=device,

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import json
 
-    from ..downstream.files import atomic_write_json, check_new
+    from ..files import atomic_write_json, check_new
     from ..downstream.knn import knn_run
     if args.out:
         check_new(args.out, args.force)

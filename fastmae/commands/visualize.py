@@ -21,8 +21,8 @@ def run(args) -> int:
 
     from .. import data
     from ..data.transforms import mean_std
-    from ..downstream.files import check_new
-    from ..downstream.finetune import resolve_device
+    from ..files import check_new
+    from ..device import resolve_device
     from ..downstream.images import load_batch
     from ..downstream.pretrained import load_mae
     from ..errors import ConfigError

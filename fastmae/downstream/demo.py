@@ -19,7 +19,7 @@ from .. import __version__, data
 from ..data.transforms import mean_std
 from ..errors import ConfigError
 from ..pictures import save_curves, save_reconstructions
-from .files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from .finetune import FinetuneConfig, finetune
 from .images import load_batch
 from .knn import knn_run

@@ -10,7 +10,7 @@ import torch
 
 from .. import interop
 from ..errors import ConfigError
-from .files import atomic_save_dir, atomic_save_file, check_new
+from ..files import atomic_save_dir, atomic_save_file, check_new
 from .pretrained import load_mae
 
 FORMATS = ("timm", "hf", "official")

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__, data
+from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError
 from ..pictures import save_confusion_matrix, save_curves
 from ..train.schedule import lr_at, set_lr
 from . import splits as splits_mod
-from .files import atomic_torch_save, atomic_write_json
+from ..files import atomic_torch_save, atomic_write_json
 from .lr_decay import param_groups_lrd
 from .metrics import Evaluation
 from .mixup import Mixup, soft_target_cross_entropy
@@ -84,16 +85,6 @@ class FinetuneResult:
     history: list[dict]
     train_images: int
     val_images: int
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was asked for but no CUDA GPU is visible")
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise ConfigError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 def resolve_precision(name: str | None, device: torch.device) -> torch.dtype | None:

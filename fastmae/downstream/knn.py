@@ -54,7 +54,8 @@ def knn_run(checkpoint, *, data=None, val=None, holdout_fraction: float = 0.2,
     (metrics, confusion matrix, classes)."""
     from . import splits as splits_mod
     from .features import extract, frozen_encoder
-    from .finetune import resolve_device, resolve_precision
+    from ..device import resolve_device
+    from .finetune import resolve_precision
     from .. import data as fdata
 
     if pool not in ("cls", "avg"):

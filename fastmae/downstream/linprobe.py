@@ -20,8 +20,9 @@ from ..pictures import save_confusion_matrix
 from ..train.schedule import lr_at, set_lr
 from . import splits as splits_mod
 from .features import extract, frozen_encoder
-from .files import atomic_torch_save, atomic_write_json
-from .finetune import make_loaders, resolve_device, resolve_precision
+from ..files import atomic_torch_save, atomic_write_json
+from ..device import resolve_device
+from .finetune import make_loaders, resolve_precision
 from .lars import LARS
 from .metrics import Evaluation
 

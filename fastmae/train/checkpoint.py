@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..files import atomic_torch_save
 
 LAST = "checkpoint-last.pth"
 _STEP_FILE = re.compile(r"^checkpoint-(\d+)\.pth$")
@@ -46,34 +47,12 @@ def restore_rng(state: dict, noise_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
 def save(state: dict, output_dir: Path, keep_last: int) -> Path:
     """Write checkpoint-<step>.pth, point checkpoint-last.pth at it (hard link, atomically
     replaced), and delete numbered checkpoints beyond the newest keep_last."""
     output_dir = Path(output_dir)
     path = step_file(output_dir, state["step"])
-    atomic_save(state, path)
+    atomic_torch_save(state, path)
     tmp_link = output_dir / f".{LAST}.tmp-{os.getpid()}"
     tmp_link.unlink(missing_ok=True)
     os.link(path, tmp_link)

@@ -13,6 +13,7 @@ import torch
 
 from .. import __version__
 from .. import data as fdata
+from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..models.registry import create_model
 from . import checkpoint, distributed
@@ -33,14 +34,6 @@ class PretrainResult:
     img_per_s: float
     history: list = field(default_factory=list)
     interrupted: bool = False
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def prepare_output_dir(path: str) -> Path:
@@ -89,7 +82,7 @@ class _StopFlag:
 
 def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
     cfg = resolve(cfg)
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     dist = distributed.init(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

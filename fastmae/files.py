@@ -1,4 +1,4 @@
-"""Writing results without ever losing user data: outputs appear atomically (written to a
+"""Writing outputs without ever losing user data: outputs appear atomically (written to a
 temporary name, then renamed), and an existing file is only replaced when asked."""
 import json
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 
 def check_new(path, force: bool = False, what: str = "output") -> Path:
@@ -26,12 +26,30 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_torch_save(obj, path) -> Path:
+    """torch.save that is durable and all-or-nothing: written to a temp file, fsynced,
+    renamed over path, and the rename fsynced (a kill at any moment leaves the old file
+    or the new one, never half of one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     return path
 
 
