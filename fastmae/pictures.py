@@ -4,7 +4,6 @@ and loss curves, written as PNG files.
 Uses matplotlib's object API (Figure + Agg canvas), never pyplot, so a library call
 changes no global plotting state and needs no display."""
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import ops
+from .files import atomic_save_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,13 +22,8 @@ _NORM_PIX_EPS = 1e-6
 
 def _save(fig: Figure, path) -> Path:
     """Write the figure to path atomically (a half-written PNG never replaces a good one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, format="png", dpi=fig.dpi)
-    os.replace(tmp, path)
-    return path
+    return atomic_save_file(lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi), path)
 
 
 def _channel_stats(values, channels: int, what: str) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """A benchmark results dict as a table on screen, a JSON file and a bar chart."""
 import json
 import os
-import tempfile
+
+from ..files import atomic_save_file
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
@@ -45,27 +46,12 @@ def table(res: dict) -> str:
     return "\n".join(out)
 
 
-def _atomic_write(path: str, write) -> None:
-    """Write via a temporary file in the same folder, so a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(res: dict, path: str) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(res, f, indent=2, allow_nan=False)
             f.write("\n")
-    _atomic_write(path, write)
+    atomic_save_file(write, path)
 
 
 def plot(res: dict, path: str) -> None:
@@ -99,5 +85,5 @@ def plot(res: dict, path: str) -> None:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     fmt = os.path.splitext(path)[1][1:].lower()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt))
+    atomic_save_file(lambda tmp: fig.savefig(tmp, format=fmt), path)
     plt.close(fig)

@@ -6,6 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..files import atomic_write_text
 from .images import BadImage, load_image
 from .sources import Samples, is_int, scan
 
@@ -59,7 +60,4 @@ def write_list(samples: Samples, path: str) -> None:
         else:
             y = samples.labels[i]
             lines.append(f"{p}\t{y if by_index else samples.classes[y]}")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text("\n".join(lines) + "\n", path)

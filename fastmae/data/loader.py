@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..errors import BackendUnavailable, ConfigError, DataError
+from ..files import atomic_write_text
 from .base import DataWarning, describe_skips
 from .cache import cache_dir
 from .images import header_problem
@@ -110,10 +111,7 @@ def usable(samples: Samples, threads: int | None = None) -> tuple[Samples, list[
 
 def _write_record(record, bad) -> None:
     try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"bad": bad}))
-        os.replace(tmp, record)
+        atomic_write_text(json.dumps({"bad": bad}), record)
     except OSError:
         pass  # a read-only cache only costs the next start a re-check
 

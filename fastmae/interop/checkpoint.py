@@ -9,15 +9,14 @@ a pickle that names anything but tensors and plain data is refused, not executed
 import argparse
 import dataclasses
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_save_file
 from ..models.mae import MaskedAutoencoderViT, to_pair
 from ..models.pos_embed import interpolate_pos_embed
 from . import hf
@@ -237,15 +236,4 @@ def save_safetensors(model_or_state_dict, path, model_config: Mapping | None = N
         metadata[CONFIG_KEY] = _jsonable(config)
 
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_save_file(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), path)
