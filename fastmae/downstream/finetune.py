@@ -97,6 +97,18 @@ def resolve_precision(name: str | None, device: torch.device) -> torch.dtype | N
     raise ConfigError(f"unknown precision {name!r}; choose bf16 or fp32")
 
 
+def labelled_run(cfg):
+    """What every labelled run (finetune, linprobe) starts with: its device, autocast dtype,
+    seeded RNG and the train/eval split of the labelled data."""
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    sp = splits_mod.resolve(cfg.data, cfg.val, labels_per_class=cfg.labels_per_class,
+                            label_fraction=cfg.label_fraction,
+                            holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
+    return device, amp_dtype, sp
+
+
 def check_config(cfg: FinetuneConfig) -> None:
     checks = [(cfg.epochs >= 1, "--epochs must be at least 1"),
               (cfg.batch_size >= 1, "--batch-size must be at least 1"),
@@ -157,12 +169,7 @@ def _load_resume(path, model, optimizer) -> dict:
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     check_config(cfg)
-    device = resolve_device(cfg.device)
-    amp_dtype = resolve_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
-    sp = splits_mod.resolve(cfg.data, cfg.val, labels_per_class=cfg.labels_per_class,
-                            label_fraction=cfg.label_fraction,
-                            holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
+    device, amp_dtype, sp = labelled_run(cfg)
     num_classes = len(sp.classes)
     model, info = build_classifier(num_classes, checkpoint=cfg.checkpoint, model=cfg.model,
                                    from_scratch=cfg.from_scratch, img_size=cfg.img_size,

@@ -18,11 +18,9 @@ from .. import __version__, data
 from ..errors import ConfigError
 from ..pictures import save_confusion_matrix
 from ..train.schedule import lr_at, set_lr
-from . import splits as splits_mod
 from .features import extract, frozen_encoder
 from ..files import atomic_torch_save, atomic_write_json
-from ..device import resolve_device
-from .finetune import make_loaders, resolve_precision
+from .finetune import labelled_run, make_loaders
 from .lars import LARS
 from .metrics import Evaluation
 
@@ -99,12 +97,7 @@ def linprobe(cfg: LinprobeConfig) -> dict:
         raise ConfigError(f"unknown pooling {cfg.pool!r}; choose cls or avg")
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConfigError("--epochs must be >= 1 and --batch-size >= 2 (BatchNorm needs a batch)")
-    device = resolve_device(cfg.device)
-    amp_dtype = resolve_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
-    sp = splits_mod.resolve(cfg.data, cfg.val, labels_per_class=cfg.labels_per_class,
-                            label_fraction=cfg.label_fraction,
-                            holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
+    device, amp_dtype, sp = labelled_run(cfg)
     if len(sp.train) < 2:
         raise ConfigError("linear probing needs at least 2 labelled training images")
     num_classes = len(sp.classes)
