@@ -1,5 +1,5 @@
 """fastmae: fast Masked Autoencoder pretraining of Vision Transformers."""
-from .errors import BackendUnavailable, CheckpointError, ConfigError, DataError, FastMAEError
+from .settings import BackendUnavailable, CheckpointError, ConfigError, DataError, FastMAEError
 from .models import CONFIGS, MaskedAutoencoderViT, create_model
 from .apply import apply_to
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .errors import ConfigError
+from .settings import ConfigError
 from .models import attention as attn_backends
 from .models.mae import MaskedAutoencoderViT
 from .ops import dispatch

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import FastMAEError
+from .settings import FastMAEError
 
 # Each name is a module under fastmae.commands, in the order `fastmae --help` lists them.
 COMMANDS = ("train", "finetune", "linprobe", "knn", "embed", "visualize", "export", "demo",

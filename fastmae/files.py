@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from .settings import ConfigError
 
 
 def check_new(path, force: bool = False, what: str = "output") -> Path:

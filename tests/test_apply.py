@@ -8,7 +8,7 @@ import torch
 import fastmae
 from fastmae import reference
 from fastmae.apply import apply_to
-from fastmae.errors import BackendUnavailable, ConfigError
+from fastmae.settings import BackendUnavailable, ConfigError
 from fastmae.models import attention as attn_backends
 from fastmae.ops import dispatch
 from tests import helpers

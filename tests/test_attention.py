@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastmae
-from fastmae.errors import BackendUnavailable, ConfigError
+from fastmae.settings import BackendUnavailable, ConfigError
 from fastmae.models import attention
 from fastmae.models.vit import Block
 from tests.helpers import TINY

@@ -112,7 +112,7 @@ def test_dali_converts_odd_good_files_like_pillow(tmp_path):
 
 def test_all_files_bad_is_a_data_error(tmp_path):
     make_bad_files(str(tmp_path / "d"), np.random.default_rng(0))
-    from fastmae.errors import DataError
+    from fastmae.settings import DataError
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         with pytest.raises(DataError, match="none of the 6 image files"):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fastmae.data import builtin, builtin_dataset, scan
-from fastmae.errors import DataError
+from fastmae.settings import DataError
 
 
 def _digest(root):

@@ -6,7 +6,7 @@ import torch
 
 import fastmae.data.loader as loader_mod
 from fastmae.data import IMAGENET_MEAN, IMAGENET_STD, classification_loader, dali_available, pretrain_loader, scan
-from fastmae.errors import BackendUnavailable, ConfigError, DataError
+from fastmae.settings import BackendUnavailable, ConfigError, DataError
 from tests.test_data_common import make_folder
 
 @pytest.fixture(autouse=True)

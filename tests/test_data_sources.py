@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastmae.data import Samples, epoch_order, scan
-from fastmae.errors import DataError
+from fastmae.settings import DataError
 from tests.test_data_common import make_folder, write_image
 
 

@@ -6,7 +6,7 @@ import torch
 
 from fastmae.downstream.classifier import VisionTransformer, encoder_config, load_encoder
 from fastmae.downstream.pretrained import build_classifier, default_layer_decay
-from fastmae.errors import CheckpointError, ConfigError
+from fastmae.settings import CheckpointError, ConfigError
 from fastmae.models.pos_embed import interpolate_pos_embed, sincos_2d
 
 from .downstream_helpers import save_checkpoint, tiny_mae

@@ -4,7 +4,7 @@ import collections
 import pytest
 
 from fastmae.downstream.few_label import holdout_split, sample_few_labels
-from fastmae.errors import ConfigError, DataError
+from fastmae.settings import ConfigError, DataError
 
 
 def _labels(counts):

@@ -6,7 +6,7 @@ import torch
 
 from fastmae.downstream.knn import knn_evaluate, knn_scores
 from fastmae.downstream.metrics import confusion_matrix, topk_correct
-from fastmae.errors import ConfigError
+from fastmae.settings import ConfigError
 
 
 def test_separable_clusters_are_classified_perfectly():

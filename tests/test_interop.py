@@ -10,7 +10,7 @@ import torch
 
 import fastmae
 from fastmae import reference
-from fastmae.errors import CheckpointError, ConfigError
+from fastmae.settings import CheckpointError, ConfigError
 from fastmae.interop import (Checkpoint, from_hf_vitmae, hf_config, infer_model_config, load_checkpoint,
                              model_from_checkpoint, save_safetensors, timm_vit_kwargs, to_hf_vitmae,
                              to_timm_vit)

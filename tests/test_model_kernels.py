@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastmae
-from fastmae.errors import BackendUnavailable, ConfigError
+from fastmae.settings import BackendUnavailable, ConfigError
 from fastmae.ops import dispatch
 from tests.helpers import TINY, assert_close, grads, tiny_pair
 from tests.kernel_checks import require_compiled

@@ -3,7 +3,7 @@ implementation and an fp64 patch-by-patch reference."""
 import pytest
 import torch
 
-from fastmae.errors import BackendUnavailable
+from fastmae.settings import BackendUnavailable
 from fastmae.kernels import gather as gather_kernels
 from fastmae.ops import gather_visible_patches
 from fastmae.ops.gather import OP, gather_visible_patches_torch

@@ -3,7 +3,7 @@ writes in the forward pass, against the torch implementation and an fp64 referen
 import pytest
 import torch
 
-from fastmae.errors import BackendUnavailable
+from fastmae.settings import BackendUnavailable
 from fastmae.kernels import loss as loss_kernels
 from fastmae.ops import masked_pixel_loss
 from fastmae.ops.loss import OP, masked_pixel_loss_torch

@@ -3,7 +3,7 @@ backward, against the torch implementation and an fp64 reference."""
 import pytest
 import torch
 
-from fastmae.errors import BackendUnavailable
+from fastmae.settings import BackendUnavailable
 from fastmae.kernels import unshuffle as unshuffle_kernels
 from fastmae.ops import unshuffle_with_mask_token
 from fastmae.ops.unshuffle import OP, unshuffle_with_mask_token_torch

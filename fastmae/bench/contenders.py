@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .. import reference
-from ..errors import BackendUnavailable, ConfigError
+from ..settings import BackendUnavailable, ConfigError
 from ..models import attention, create_model
 from ..ops import dispatch
 

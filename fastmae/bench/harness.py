@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..device import resolve_device
-from ..errors import ConfigError
+from ..settings import resolve_device
+from ..settings import ConfigError
 from ..models.registry import CONFIGS
 from . import contenders as cont
 from .flops import forward_flops, named_config

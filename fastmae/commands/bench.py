@@ -8,7 +8,7 @@ import torch
 from ..bench import report
 from ..bench.contenders import NAMES, hf_available
 from ..bench.harness import LOADERS, PRECISIONS, BenchConfig, run as run_bench
-from ..errors import ConfigError
+from ..settings import ConfigError
 from ..models import attention
 from ..models.registry import CONFIGS
 from ..ops.dispatch import KERNELS

@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..errors import ConfigError
+    from ..settings import ConfigError
     from ..data.check import check, write_list
 
     if args.workers is not None and args.workers < 1:

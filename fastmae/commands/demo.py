@@ -25,7 +25,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..downstream.demo import DemoConfig, quick_config, run_demo
-    from ..errors import ConfigError
+    from ..settings import ConfigError
     out = Path(args.output_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ConfigError(f"--output-dir {out} is not empty; choose a new folder or pass --force")

@@ -22,7 +22,7 @@ def run(args) -> int:
     import json
 
     from ..downstream.embed import embed
-    from ..device import resolve_device
+    from ..settings import resolve_device
     from ..downstream.finetune import resolve_precision
     device = resolve_device(args.device)
     summary = embed(args.path, args.checkpoint, args.out, pool=args.pool, img_size=args.img_size,

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ..errors import ConfigError
+from ..settings import ConfigError
 
 HELP = "pretrain an MAE (no arguments: the built-in dataset, a few minutes on a CPU)"
 

@@ -22,10 +22,10 @@ def run(args) -> int:
     from .. import data
     from ..data.transforms import mean_std
     from ..files import check_new
-    from ..device import resolve_device
+    from ..settings import resolve_device
     from ..downstream.images import load_batch
     from ..downstream.pretrained import load_mae
-    from ..errors import ConfigError
+    from ..settings import ConfigError
     from ..pictures import save_reconstructions
 
     if not 0.0 <= args.mask_ratio < 1.0:

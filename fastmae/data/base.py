@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from ..errors import DataError
+from ..settings import DataError
 from .sources import Samples, epoch_order
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import DataError
+from ..settings import DataError
 from .cache import cache_dir
 
 VERSION = "builtin-v1"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..settings import DataError
 from .base import Loader
 from .images import BadImage, decoded_size, load_image
 from .transforms import (eval_resize, mean_std, normalize_uint8, random_crop_flip, resize_shorter_centre_crop,

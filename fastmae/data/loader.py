@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..errors import BackendUnavailable, ConfigError, DataError
+from ..settings import BackendUnavailable, ConfigError, DataError
 from ..files import atomic_write_text
 from .base import DataWarning, describe_skips
 from .cache import cache_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..settings import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

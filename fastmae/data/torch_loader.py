@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..errors import DataError
+from ..settings import DataError
 from .base import Loader
 from .images import BadImage, load_image
 from .transforms import sample_generator

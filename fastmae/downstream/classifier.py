@@ -8,7 +8,7 @@ global_pool=True (the paper's fine-tuning default): mean of the patch tokens -> 
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError, ConfigError
+from ..settings import CheckpointError, ConfigError
 from ..models.pos_embed import interpolate_pos_embed, sincos_2d
 from ..models.vit import Block, PatchEmbed, init_weights
 

@@ -17,7 +17,7 @@ import torch
 
 from .. import __version__, data
 from ..data.transforms import mean_std
-from ..errors import ConfigError
+from ..settings import ConfigError
 from ..pictures import save_curves, save_reconstructions
 from ..files import atomic_write_json, atomic_write_text
 from .finetune import FinetuneConfig, finetune

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .. import data
-from ..errors import ConfigError
+from ..settings import ConfigError
 from .features import extract, frozen_encoder
 from ..files import atomic_save_file, atomic_write_text, check_new
 from .images import ordered_batches

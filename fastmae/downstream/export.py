@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import interop
-from ..errors import ConfigError
+from ..settings import ConfigError
 from ..files import atomic_save_dir, atomic_save_file, check_new
 from .pretrained import load_mae
 

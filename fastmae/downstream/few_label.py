@@ -6,7 +6,7 @@ import math
 import random
 from collections import defaultdict
 
-from ..errors import ConfigError, DataError
+from ..settings import ConfigError, DataError
 
 
 def _by_class(labels, exclude=()) -> dict[int, list[int]]:

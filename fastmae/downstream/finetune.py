@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__, data
-from ..device import resolve_device
-from ..errors import CheckpointError, ConfigError
+from ..settings import resolve_device
+from ..settings import CheckpointError, ConfigError
 from ..pictures import save_confusion_matrix, save_curves
 from ..train.schedule import lr_at, set_lr
 from . import splits as splits_mod

@@ -4,7 +4,7 @@ import torch
 
 from ..data.images import load_image
 from ..data.transforms import EvalTransform
-from ..errors import DataError
+from ..settings import DataError
 
 
 class OrderedImages(torch.utils.data.Dataset):

@@ -4,7 +4,7 @@ class with weight exp(similarity / T)."""
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..settings import ConfigError
 from .metrics import Evaluation
 
 
@@ -54,7 +54,7 @@ def knn_run(checkpoint, *, data=None, val=None, holdout_fraction: float = 0.2,
     (metrics, confusion matrix, classes)."""
     from . import splits as splits_mod
     from .features import extract, frozen_encoder
-    from ..device import resolve_device
+    from ..settings import resolve_device
     from .finetune import resolve_precision
     from .. import data as fdata
 

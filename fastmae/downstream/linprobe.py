@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__, data
-from ..errors import ConfigError
+from ..settings import ConfigError
 from ..pictures import save_confusion_matrix
 from ..train.schedule import lr_at, set_lr
 from .features import extract, frozen_encoder

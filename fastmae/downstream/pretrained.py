@@ -5,7 +5,7 @@ through fastmae.interop, which never executes code from a file."""
 from pathlib import Path
 
 from .. import interop
-from ..errors import CheckpointError, ConfigError
+from ..settings import CheckpointError, ConfigError
 from ..models.registry import model_config
 from .classifier import VisionTransformer, encoder_config, load_encoder
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import data
 from ..data import Samples
-from ..errors import DataError
+from ..settings import DataError
 from .few_label import holdout_split, sample_few_labels
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..settings import CheckpointError, ConfigError
 from ..files import atomic_save_file
 from ..models.mae import MaskedAutoencoderViT, to_pair
 from ..models.pos_embed import interpolate_pos_embed

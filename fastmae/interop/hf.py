@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import BackendUnavailable, CheckpointError, ConfigError
+from ..settings import BackendUnavailable, CheckpointError, ConfigError
 
 # fastmae block suffix -> Hugging Face layer suffix; "q"/"k"/"v" are the thirds of attn.qkv.
 LAYER_NAMES = {

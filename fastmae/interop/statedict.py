@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..settings import CheckpointError, ConfigError
 from ..models.mae import MaskedAutoencoderViT
 from ..models.registry import CONFIGS
 

@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..settings import CheckpointError, ConfigError
 from . import hf
 from .statedict import is_decoder_key
 

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..errors import BackendUnavailable, ConfigError
+from ..settings import BackendUnavailable, ConfigError
 
 BACKENDS = ("auto", "flash", "sdpa", "math")
 

@@ -1,6 +1,6 @@
 """Named model sizes. Base/large/huge are the official configurations; tiny and small
 use the ViT-Ti/S encoders with a lighter decoder; micro is for the built-in dataset."""
-from ..errors import ConfigError
+from ..settings import ConfigError
 from .mae import MaskedAutoencoderViT
 
 CONFIGS = {

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from ..errors import BackendUnavailable, ConfigError
+from ..settings import BackendUnavailable, ConfigError
 
 KERNELS = ("auto", "triton", "torch")
 

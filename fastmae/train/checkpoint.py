@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..settings import CheckpointError
 from ..files import atomic_torch_save
 
 LAST = "checkpoint-last.pth"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError
+from ..settings import ConfigError
 from ..models.registry import CONFIGS
 
 BUILTIN_PRESET = dict(model="mae_vit_micro_patch4", img_size=32, epochs=20, warmup_epochs=2,

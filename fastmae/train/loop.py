@@ -13,14 +13,14 @@ import torch
 
 from .. import __version__
 from .. import data as fdata
-from ..device import resolve_device
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..settings import resolve_device
+from ..settings import CheckpointError, ConfigError, TrainingError
 from ..models.registry import create_model
 from . import checkpoint, distributed
 from .config import TrainConfig, resolve
 from .reporting import Reporter
 from .schedule import lr_at, set_lr
-from .optim import build_optimizer
+from ..settings import build_optimizer
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
