@@ -12,52 +12,12 @@ from fastmae.settings import BackendUnavailable, ConfigError
 from fastmae.models import attention as attn_backends
 from fastmae.ops import dispatch
 from tests import helpers
+from tests.apply_checks import OPS, AttentionSpy, assert_same, op_calls, run_and_grads
 from tests.helpers import TINY, assert_close, hf_lib, randomize
-
-
-OPS = ("gather_visible_patches", "unshuffle_with_mask_token", "masked_pixel_loss")
 
 
 def tiny_hf(**overrides):
     return helpers.tiny_hf(**{"layer_norm_eps": 1e-6, **overrides})
-
-
-def op_calls(imgs, kernels="auto"):
-    """Calls so far of each fastmae op with the implementation dispatch picks for imgs."""
-    impl = dispatch.resolve(kernels, imgs)
-    return {op: dispatch.calls[f"{op}:{impl}"] for op in OPS}
-
-
-class AttentionSpy:
-    """Counts calls of fastmae's attention entry point (and which backend ran)."""
-
-    def __init__(self, monkeypatch):
-        self.backends = []
-        real = attn_backends.attention
-
-        def spy(qkv, num_heads, backend):
-            self.backends.append(backend)
-            return real(qkv, num_heads, backend)
-        monkeypatch.setattr(attn_backends, "attention", spy)
-
-
-def run_and_grads(step):
-    """step() -> (loss, pred, mask, model); returns those detached plus every gradient."""
-    loss, pred, mask, model = step()
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), pred.detach(), mask, grads
-
-
-def assert_same(before, after):
-    (l0, p0, m0, g0), (l1, p1, m1, g1) = before, after
-    assert torch.equal(m0, m1)
-    assert_close(p1, p0, what="pred")
-    assert_close(l1, l0, what="loss")
-    assert g0.keys() == g1.keys() and len(g0) > 0
-    for name in g0:
-        assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-6, what=f"grad {name}")
 
 
 @pytest.mark.parametrize("overrides,attn", [({}, "auto"), ({"norm_pix_loss": True}, "math")])
@@ -115,6 +75,7 @@ def test_hf_pretraining(monkeypatch):
     for a, b in zip(hidden, ref_hidden):
         assert_close(a, b, what="hidden state")
     assert hf._fastmae_applied["model"] == "hf-vitmae-pretraining"
+    assert hf._fastmae_applied["layout"] == "transformers-5"
     assert "vit.layers.0.attention.forward" in hf._fastmae_applied["patched"]
     # a copy keeps working on its own weights
     twin = copy.deepcopy(hf)

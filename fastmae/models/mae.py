@@ -2,7 +2,8 @@
 MaskedAutoencoderViT (facebookresearch/mae, models_mae.py), with the data movement
 done by fastmae.ops: the patch embedding runs on the gathered visible patches only,
 the decoder input is built in one unshuffle pass, and the loss reads the images
-directly instead of a patchified target."""
+directly instead of a patchified target. Those steps live in steps.py, which
+fastmae.apply_to binds onto official and Hugging Face models too."""
 from functools import partial
 
 import torch
@@ -10,9 +11,11 @@ import torch.nn as nn
 
 from .. import ops
 from ..ops import dispatch
+from ..settings import ConfigError
 from . import attention as attn_backends
+from . import steps
 from .pos_embed import sincos_2d
-from .vit import Block, PatchEmbed, init_weights
+from .vit import Block, PatchEmbed, init_weights, run_blocks
 
 
 def to_pair(size) -> tuple[int, int]:
@@ -111,43 +114,24 @@ class MaskedAutoencoderViT(nn.Module):
     def check_input(self, imgs: torch.Tensor) -> None:
         ops.patchify_check(imgs, self.patch_size, self.in_chans)
         if tuple(imgs.shape[-2:]) != self.img_size:
-            raise ValueError(f"images are {imgs.shape[-2]}x{imgs.shape[-1]} but the model was built "
-                             f"for img_size {self.img_size[0]}x{self.img_size[1]}")
+            raise ConfigError(f"images are {imgs.shape[-2]}x{imgs.shape[-1]} but the model was built "
+                              f"for img_size {self.img_size[0]}x{self.img_size[1]}")
 
     def random_masking(self, batch: int, mask_ratio: float, noise: torch.Tensor | None, device):
         """Per-sample shuffle by argsort of noise. Returns ids_keep (B, K), mask (B, L) with
         1 = removed, ids_restore (B, L)."""
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        L = self.num_patches
-        len_keep = int(L * (1 - mask_ratio))
-        if noise is None:
-            noise = torch.rand(batch, L, device=device)
-        elif tuple(noise.shape) != (batch, L):
-            raise ValueError(f"noise must have shape (B, L) = ({batch}, {L}), got {tuple(noise.shape)}")
-        ids_shuffle = torch.argsort(noise.to(device), dim=1)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        ids_keep = ids_shuffle[:, :len_keep]
-        mask = (ids_restore >= len_keep).to(torch.float32)
-        return ids_keep, mask, ids_restore
+        return steps.random_masking(batch, self.num_patches, mask_ratio, noise, device)
 
     def embed_patches(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Patch-embed only the patches in ids_keep, add their positions, prepend cls."""
-        patches = ops.gather_visible_patches(imgs, ids_keep, self.patch_size, self.kernels)
-        w = self.patch_embed.linear_weight()
-        x = nn.functional.linear(patches.to(w.dtype), w, self.patch_embed.proj.bias)
-        pos = self.pos_embed[0, 1:][ids_keep]  # (B, K, D)
-        x = x + pos
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1)
+        return steps.encoder_input(imgs, ids_keep, self.patch_embed.proj, self.pos_embed,
+                                   self.cls_token, self.kernels)
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise=None):
         self.check_input(imgs)
         ids_keep, mask, ids_restore = self.random_masking(imgs.shape[0], mask_ratio, noise, imgs.device)
         x = self.embed_patches(imgs, ids_keep)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x), mask, ids_restore
+        return run_blocks(self.blocks, x, self.norm, self.kernels), mask, ids_restore
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (B, 1+L, D) of the whole image, no masking, patches in grid order:
@@ -155,21 +139,16 @@ class MaskedAutoencoderViT(nn.Module):
         self.check_input(imgs)
         ids = torch.arange(self.num_patches, device=imgs.device).expand(imgs.shape[0], -1)
         x = self.embed_patches(imgs, ids)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return run_blocks(self.blocks, x, self.norm, self.kernels)
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        x = self.decoder_embed(x)
-        x = ops.unshuffle_with_mask_token(x, self.mask_token, ids_restore, self.decoder_pos_embed,
-                                          self.kernels)
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        x = self.decoder_pred(self.decoder_norm(x))
+        x = steps.decoder_input(x, self.decoder_embed, self.mask_token, ids_restore,
+                                self.decoder_pos_embed, self.kernels)
+        x = self.decoder_pred(run_blocks(self.decoder_blocks, x, self.decoder_norm, self.kernels))
         return x[:, 1:, :]
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return ops.masked_pixel_loss(pred, imgs, mask, self.patch_size, self.norm_pix_loss, self.kernels)
+        return steps.pixel_loss(imgs, pred, mask, self.patch_size, self.norm_pix_loss, self.kernels)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise=None):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
