@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastmae.bench import contenders as cont
-from fastmae.bench.flops import named_config, train_flops_per_image
+from fastmae.perf.flops import named_config, train_flops_per_image
 
 CUDA = torch.cuda.is_available()
 if CUDA:

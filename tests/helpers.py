@@ -10,10 +10,11 @@ TINY = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_he
 
 
 def tiny_pair(**overrides):
-    """A fast model and a reference model with the same weights."""
+    """A fast model and a reference model with the same random weights (norms, biases and
+    position embeddings too: an init of ones and zeros would hide a misplaced one)."""
     cfg = {**TINY, **overrides}
     fast_only = {k: cfg.pop(k) for k in ("kernels", "attn") if k in cfg}
-    ref = reference.MaskedAutoencoderViT(**cfg)
+    ref = randomize(reference.MaskedAutoencoderViT(**cfg))
     fast = fastmae.MaskedAutoencoderViT(**cfg, **fast_only)
     fast.load_state_dict(ref.state_dict(), strict=True)
     return fast, ref

@@ -12,9 +12,9 @@ import torch
 from fastmae import cli
 from fastmae.bench import contenders as cont
 from fastmae.bench import harness
-from fastmae.bench.flops import block_flops, forward_flops, named_config, train_flops_per_image
+from fastmae.perf.flops import block_flops, forward_flops, named_config, train_flops_per_image
 from fastmae.bench.memory import PeakMemory
-from fastmae.bench.peaks import spec_peak_tflops
+from fastmae.perf.peaks import spec_peak_tflops
 from fastmae.models import attention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def _bad(capsys, *flags):
     (["--device", "cpu", "--max-batch"], "--max-batch"),
     (["--contenders", "fastmae,timm"], "unknown contender 'timm'"),
     (["--contenders", "fastmae,fastmae"], "listed twice"),
-    (["--device", "cpu", "--precision", "bf16"], "on CPU use --precision fp32"),
+    (["--device", "cpu", "--precision", "fp16"], "--precision fp16 needs a CUDA GPU"),
     (["--img-size", "40"], "not a multiple"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--mask-ratio", "1.0"], "--mask-ratio"),

@@ -140,14 +140,14 @@ def test_argument_errors(folder, monkeypatch):
     assert len(pretrain_loader(folder, batch_size=16, backend="torch", drop_last=False, **_cpu())) == 1
     with pytest.raises(DataError, match="does not exist"):
         pretrain_loader(folder / "missing", backend="torch", **_cpu())
-    with pytest.raises(ConfigError, match="unknown data backend"):
+    with pytest.raises(ConfigError, match="unknown data loader"):
         pretrain_loader(folder, backend="ffcv", **_cpu())
     with pytest.raises(ConfigError, match="in_chans"):
         pretrain_loader(folder, backend="torch", in_chans=4, **_cpu())
     with pytest.raises(ConfigError, match="img_size"):
         pretrain_loader(folder, backend="torch", img_size=0, **_cpu())
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
             pretrain_loader(folder, backend="torch", device="cuda", num_workers=0)
     (folder.parent / "flat").mkdir()
     (folder / "cat" / "00.png").rename(folder.parent / "flat" / "00.png")

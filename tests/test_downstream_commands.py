@@ -1,4 +1,5 @@
 """Each downstream command end to end on a tiny model and a handful of generated images."""
+import importlib
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from fastmae.cli import main
 from fastmae.downstream.classifier import VisionTransformer, encoder_config, load_encoder
 from fastmae.downstream.embed import read_embeddings
 from fastmae.downstream.mixup import Mixup
+from fastmae.settings import TrainingError
 
 from .downstream_helpers import image_folder, save_checkpoint, split_folder, tiny_mae
 
@@ -97,6 +99,10 @@ def test_linprobe_and_knn(tmp_path, ckpt, data, capsys):
                  *FAST]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["pool"] == "cls" and len(m["history"]) == 2 and m["train_images"] == 18
+    err = capsys.readouterr().err  # not a terminal: one plain line per epoch, no bar
+    lines = [ln for ln in err.splitlines() if ln.startswith("linear probe: ")]
+    assert "\r" not in err and [ln.split(",")[0] for ln in lines] == ["linear probe: epoch 1/2",
+                                                                      "linear probe: epoch 2/2"]
     assert (out / "probe-best.pth").exists() and (out / "confusion_matrix.png").exists()
     assert main(["linprobe", "--checkpoint", str(ckpt), "--data", str(data), "--epochs", "1",
                  "--batch-size", "6", "--global-pool", "--optimizer", "sgd", "--output-dir", str(out / "b"),
@@ -213,3 +219,26 @@ def test_user_errors_are_one_line(tmp_path, ckpt, data, capsys):
     unlabelled.mkdir()
     (data / "val" / "red" / "red00.png").rename(unlabelled / "a.png")
     _error(capsys, ["knn", "--checkpoint", str(ckpt), "--data", str(unlabelled), *FAST], "no labels")
+
+
+def test_precision_and_loss_errors_are_one_line(tmp_path, ckpt, data, capsys, monkeypatch):
+    """Every labelled run resolves --precision the way train does, and a loss that is not
+    finite is a TrainingError, as in pretraining."""
+    common = ["--checkpoint", str(ckpt), "--data", str(data), "--batch-size", "4", *FAST]
+    run = [*common, "--epochs", "1", "--output-dir", str(tmp_path / "o")]
+    if not torch.cuda.is_available():
+        for argv in (["finetune", *run], ["linprobe", *run], ["knn", *common]):
+            _error(capsys, [*argv, "--precision", "fp16"], "--precision fp16 needs a CUDA GPU")
+    _error(capsys, ["finetune", *run, "--precision", "fp8"], "unknown precision 'fp8'")
+    _error(capsys, ["embed", str(data / "val"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "e.npy"),
+                    "--device", "cpu", "--precision", "fp8"], "unknown precision 'fp8'")
+
+    ft = importlib.import_module("fastmae.downstream.finetune")  # the package's `finetune` is the function
+    real = ft.F.cross_entropy
+    monkeypatch.setattr(ft, "F", type("F", (), {"cross_entropy": staticmethod(
+        lambda *a, **k: real(*a, **k) * float("nan"))}))
+    _error(capsys, ["finetune", *run], "the loss became nan at epoch 0, step 0")
+    cfg = ft.FinetuneConfig(checkpoint=str(ckpt), data=str(data), epochs=1, batch_size=4, loader="torch",
+                            num_workers=0, device="cpu", output_dir=str(tmp_path / "lib"), progress=False)
+    with pytest.raises(TrainingError, match="the loss became nan"):  # a run error, not a bad flag
+        ft.finetune(cfg)

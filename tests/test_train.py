@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from fastmae.settings import ConfigError
 from fastmae.train import checkpoint
 from tests.train_fixtures import make_image_folder, run_cli
 
@@ -206,3 +207,75 @@ def test_yaml_config_then_flags_override_and_resolved_config_is_saved(images, tm
     bad.write_text("epochs: 1\nlearning_rate: 3\n")
     code, _, stderr = run_cli(["train", "--config", str(bad)])
     assert code == 2 and "unknown setting 'learning_rate'" in stderr
+
+
+# ---------------------------------------------------------------- defaults that scale to the run
+
+def test_default_warmup_scales_to_a_short_run():
+    from fastmae.train.config import TrainConfig, resolve
+    assert resolve(TrainConfig()).warmup_epochs == 2                     # built-in preset, 20 epochs
+    assert resolve(TrainConfig(data="x")).warmup_epochs == 40            # the paper's, 400 epochs
+    assert resolve(TrainConfig(epochs=1)).warmup_epochs == pytest.approx(0.1)
+    assert resolve(TrainConfig(data="x", epochs=100)).warmup_epochs == pytest.approx(10.0)
+    assert resolve(TrainConfig(epochs=1, warmup_epochs=0.5)).warmup_epochs == 0.5  # the user's, kept
+    with pytest.raises(ConfigError, match=r"--warmup-epochs must be between 0 and --epochs \(1\), got 2"):
+        resolve(TrainConfig(epochs=1, warmup_epochs=2))                  # set by the user: an error
+
+
+def _no_warmup_flag(flags):
+    i = flags.index("--warmup-epochs")
+    return flags[:i] + flags[i + 2:]
+
+
+def _lrs_follow_the_schedule(out, warmup, epochs):
+    from fastmae.train.schedule import lr_at
+    state = checkpoint.load(out / checkpoint.LAST)
+    sched = state["scheduler"]
+    for row in metrics(out):  # the lr logged at step s was set before the step, at s - 1
+        want = lr_at((row["step"] - 1) / sched["steps_per_epoch"], lr=sched["base_lr"], min_lr=0.0,
+                     warmup_epochs=warmup, epochs=epochs)
+        assert row["lr"] == pytest.approx(want, rel=1e-6, abs=1e-12)
+
+
+def test_epochs_1_with_data_runs_with_the_default_warmup(images, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli(["train", "--data", str(images), "--epochs", "1", "--output-dir", str(out),
+                                    *_no_warmup_flag(TINY)])
+    assert code == 0, stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["warmup_epochs"] == pytest.approx(0.1) and saved["epochs"] == 1
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+    _lrs_follow_the_schedule(out, 0.1, 1)
+    # not a terminal: one plain line per logged step, no carriage-return bar
+    assert "\r" not in stdout + stderr
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("train: step ")]
+    assert [ln.split(",")[0] for ln in lines] == [f"train: step {s}/4" for s in range(1, 5)]
+    assert all("loss" in ln and "lr" in ln for ln in lines)
+
+
+@pytest.mark.slow  # ~15 s, plus ~25 s to generate the built-in dataset when no test has yet
+def test_epochs_1_on_the_builtin_default_runs(tmp_path):
+    # The built-in preset (20 epochs, 2 warm-up) asked for 1 epoch; a short --max-steps and a
+    # smaller batch keep it quick, the schedule is still the 1-epoch one.
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli(["train", "--epochs", "1", "--output-dir", str(out), "--max-steps", "2",
+                                    "--batch-size", "16", "--loader", "torch", "--num-workers", "0",
+                                    "--log-every", "1"])
+    assert code == 0, stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["warmup_epochs"] == pytest.approx(0.1) and saved["model"] == "mae_vit_micro_patch4"
+    _lrs_follow_the_schedule(out, 0.1, 1)
+    assert "done: 2 steps" in stdout
+
+
+def test_device_accepts_cuda_index_like_the_resolver(monkeypatch):
+    from fastmae.train.config import TrainConfig, resolve
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve(TrainConfig(device="cuda:1")).device == "cuda:1"
+    with pytest.raises(ConfigError, match="--device cuda:5: only 2 GPU"):
+        resolve(TrainConfig(device="cuda:5"))
+    with pytest.raises(ConfigError, match="--device: unknown device 'gpu'"):
+        resolve(TrainConfig(device="gpu"))
+    with pytest.raises(ConfigError, match="--kernels: unknown kernels 'cuda'"):
+        resolve(TrainConfig(kernels="cuda"))

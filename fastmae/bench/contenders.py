@@ -5,8 +5,9 @@
 - hf:        transformers ViTMAEForPreTraining with attn_implementation="sdpa".
 
 All three start from the same weights and run the same step: forward (autocast to
-the benchmark precision on CUDA), backward, AdamW step (fused on CUDA), gradients
-freed. Only the model differs, so a ratio of step times is a ratio of models."""
+the benchmark precision), backward, the training loop's AdamW (settings.build_optimizer:
+fused on CUDA), gradients freed. Only the model differs, so a ratio of step times is a
+ratio of models."""
 import copy
 import importlib.util
 from dataclasses import dataclass, field
@@ -16,12 +17,13 @@ import torch
 import torch.nn as nn
 
 from .. import reference
-from ..settings import BackendUnavailable, ConfigError
+from ..apply import hf_attention_modules
 from ..models import attention, create_model
 from ..ops import dispatch
+from ..settings import BackendUnavailable, ConfigError, activation_dtype, autocast, build_optimizer
 
 NAMES = ("fastmae", "reference", "hf")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+LR, WEIGHT_DECAY = 1.5e-4, 0.05  # the official MAE pretraining recipe
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Contender:
     model: nn.Module
     loss_fn: Callable[[torch.Tensor], torch.Tensor]  # imgs -> scalar loss
     optimizer: torch.optim.Optimizer
-    amp_dtype: torch.dtype | None
+    precision: str  # resolved: bf16 | fp16 | fp32
     attn_backend: str
     kernels: str
     scaler: torch.amp.GradScaler | None = None
@@ -53,9 +55,7 @@ class Contender:
 
     def step(self, imgs: torch.Tensor) -> None:
         """One pretraining step. Does not synchronise: the caller times it."""
-        device_type = imgs.device.type
-        with torch.autocast(device_type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with autocast(imgs.device, self.precision):
             loss = self.loss_fn(imgs)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -100,8 +100,7 @@ def check_names(names: list[str]) -> list[str]:
 
 def _probe(setup: Setup) -> torch.Tensor:
     """A tiny tensor in the dtype the model's matmuls will see, to resolve backends."""
-    dtype = AMP_DTYPES[setup.precision] or torch.float32
-    return torch.zeros(1, 1, device=setup.device, dtype=dtype)
+    return torch.zeros(1, 1, device=setup.device, dtype=activation_dtype(setup.precision))
 
 
 def check_backends(setup: Setup) -> tuple[str, str]:
@@ -112,18 +111,12 @@ def check_backends(setup: Setup) -> tuple[str, str]:
     return attention.resolve(setup.attn, probe), dispatch.resolve(setup.kernels, probe)
 
 
-def _optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    # The official MAE recipe's AdamW; the same for every contender.
-    return torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                             fused=device.type == "cuda")
-
-
 def _finish(name, model, loss_fn, setup, attn_backend, kernels) -> Contender:
-    amp = AMP_DTYPES[setup.precision] if setup.device.type == "cuda" else None
-    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
+    # The training loop's optimizer recipe, the same for every contender.
+    optimizer = build_optimizer(model, LR, WEIGHT_DECAY, setup.device)
+    scaler = torch.amp.GradScaler("cuda") if setup.precision == "fp16" else None
     model.train()
-    return Contender(name, model, loss_fn, _optimizer(model, setup.device), amp, attn_backend,
-                     kernels, scaler)
+    return Contender(name, model, loss_fn, optimizer, setup.precision, attn_backend, kernels, scaler)
 
 
 def base_model(setup: Setup):
@@ -151,6 +144,17 @@ def build_reference(setup: Setup, base=None) -> Contender:
     return _finish("reference", model, lambda imgs: model(imgs, ratio)[0], setup, "sdpa", "torch")
 
 
+def hf_attention_impls(model: nn.Module) -> dict[str, str]:
+    """The attention implementation each ViTMAE self-attention of a Hugging Face model runs,
+    by module name. transformers 5 and 4.48+ read it from the module's config at call time;
+    4.40-4.47 chose the class at construction (ViTMAESdpaSelfAttention for SDPA)."""
+    impls = {}
+    for name, module, _ in hf_attention_modules(model):
+        impl = getattr(getattr(module, "config", None), "_attn_implementation", None)
+        impls[name] = impl or ("sdpa" if "Sdpa" in type(module).__name__ else "eager")
+    return impls
+
+
 def build_hf(setup: Setup, base=None) -> Contender:
     if not hf_available():
         raise BackendUnavailable("contender hf needs the transformers package (pip install transformers)")
@@ -161,10 +165,19 @@ def build_hf(setup: Setup, base=None) -> Contender:
     model = to_hf_vitmae(base if base is not None else base_model(setup), mask_ratio=setup.mask_ratio)
     model.config.mask_ratio = setup.mask_ratio
     model.config.norm_pix_loss = setup.norm_pix_loss
-    if model.config._attn_implementation != "sdpa" and hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("sdpa")
-    if model.config._attn_implementation != "sdpa":
-        raise BackendUnavailable("transformers did not enable SDPA attention for ViTMAE")
+    impls = hf_attention_impls(model)
+    if set(impls.values()) != {"sdpa"}:
+        # transformers 5 and 4.48+ read the implementation from each layer's config at call
+        # time; the decoder's layers hold their own copy of the config.
+        for _, module, _ in hf_attention_modules(model):
+            if getattr(module, "config", None) is not None:
+                module.config._attn_implementation = "sdpa"
+        impls = hf_attention_impls(model)
+    if set(impls.values()) != {"sdpa"}:
+        import transformers
+        other = sorted(name for name, impl in impls.items() if impl != "sdpa")
+        raise BackendUnavailable(f"transformers {transformers.__version__} runs ViTMAE attention "
+                                 f"{', '.join(other[:3])} as {sorted(set(impls.values()))}, not SDPA")
     model = model.to(setup.device)
     return _finish("hf", model, lambda imgs: model(pixel_values=imgs).loss, setup, "sdpa", "torch")
 

@@ -18,19 +18,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .. import __version__
-from ..settings import resolve_device
-from ..settings import ConfigError
 from ..models.registry import CONFIGS
+from ..progress import Progress
+from ..settings import ConfigError, DataError, amp_dtype, check_choice, resolve_device, resolve_precision
 from . import contenders as cont
-from .flops import forward_flops, named_config
+from ..perf.flops import forward_flops, named_config
 from .memory import PeakMemory
-from .peaks import measure_matmul_tflops, spec_peak_tflops
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-LOADERS = ("auto", "dali", "torch")
+from ..perf.peaks import measure_matmul_tflops, spec_peak_tflops
 MAX_BATCH_LIMIT = 1 << 16
 
 
@@ -58,16 +54,6 @@ class BenchConfig:
     extra: dict = field(default_factory=dict)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if device.type == "cpu" and precision != "fp32":
-        raise ConfigError(f"--precision {precision} uses CUDA autocast; on CPU use --precision fp32")
-    return precision
-
-
 def check(cfg: BenchConfig) -> tuple[torch.device, cont.Setup]:
     """Validate everything a user can get wrong before any model is built."""
     if cfg.model not in CONFIGS:
@@ -84,8 +70,7 @@ def check(cfg: BenchConfig) -> tuple[torch.device, cont.Setup]:
         raise ConfigError(f"--mask-ratio must be in [0, 1), got {cfg.mask_ratio}")
     if cfg.peak_tflops is not None and not cfg.peak_tflops > 0:
         raise ConfigError(f"--peak-tflops must be positive, got {cfg.peak_tflops}")
-    if cfg.loader not in LOADERS:
-        raise ConfigError(f"unknown loader {cfg.loader!r}; choose one of {', '.join(LOADERS)}")
+    check_choice("loader", cfg.loader)
     if cfg.loader != "auto" and cfg.data is None:
         raise ConfigError("--loader chooses how --data is read; give --data PATH too")
     cont.check_names(list(cfg.contenders))
@@ -166,7 +151,7 @@ class LoaderBatches:
         self.loader = pretrain_loader(source, img_size=img_size, batch_size=batch, backend=backend,
                                       device=str(device), seed=seed, dtype=torch.float32)
         if len(self.loader) == 0:
-            raise ConfigError(f"--data {source} has fewer images than one batch of {batch}")
+            raise DataError(f"--data {source} has fewer images than one batch of {batch}")
         self.kind = f"{self.loader.backend} loader"
         self.epoch = 0
         self.it = iter(self.loader.iter_from(0))
@@ -244,13 +229,29 @@ def largest_fitting(fits, start: int, limit: int = MAX_BATCH_LIMIT) -> tuple[int
     return lo, hi
 
 
+def _cuda_failure(e: BaseException) -> bool:
+    """Out of memory, or another failure of the CUDA stack (driver, cuBLAS, cuDNN, a launch)."""
+    accel = getattr(torch, "AcceleratorError", None)
+    return (_out_of_memory(e) or (accel is not None and isinstance(e, accel))
+            or any(k in str(e) for k in ("CUDA", "cuDNN", "CUDNN", "cuBLAS", "CUBLAS")))
+
+
+class _SearchEnded(Exception):
+    """A CUDA failure other than out-of-memory during the search: no larger batch is tried."""
+
+
 def search_max_batch(name: str, setup: cont.Setup, base, start: int, log) -> dict:
     """Largest batch whose training step fits in GPU memory for one contender, the
     only one resident. A first step at a small batch allocates the optimizer state, so
-    one step per try then sees the whole footprint (state + gradients + activations)."""
+    one step per try then sees the whole footprint (state + gradients + activations).
+
+    Near the memory limit a library can fail in other ways than out-of-memory (cuDNN or
+    cuBLAS workspace allocation, a launch error that poisons the context): any CUDA failure
+    during the search ends it, the last batch that ran is the answer, and the failure is
+    recorded (max_batch_ended_by). A failure in the first small step still raises."""
     c = cont.build(name, setup, base)
     c.step(torch.randn(min(start, 8), 3, setup.img_size, setup.img_size, device=setup.device))
-    tries = []
+    tries, ran, ended = [], [], {}
 
     def fits(batch: int) -> bool:
         oom = False
@@ -259,22 +260,42 @@ def search_max_batch(name: str, setup: cont.Setup, base, start: int, log) -> dic
             c.step(imgs)
             torch.cuda.synchronize(setup.device)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-            if not _out_of_memory(e):
+            if not _cuda_failure(e):
                 raise
             oom = True
+            if not _out_of_memory(e):
+                ended.update(batch=batch, error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}")
         imgs = None
-        c.optimizer.zero_grad(set_to_none=True)
-        gc.collect()
-        torch.cuda.empty_cache()
+        try:
+            c.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+        except RuntimeError:  # after a sticky CUDA error the clean-up fails as well
+            pass
         tries.append(batch)
+        if ended:
+            log(f"  max-batch {name}: batch {batch} failed ({ended['error']}); search ends at "
+                f"{max(ran, default=0)}")
+            raise _SearchEnded
         log(f"  max-batch {name}: batch {batch} {'out of memory' if oom else 'fits'}")
+        if not oom:
+            ran.append(batch)
         return not oom
 
-    best, first_oom = largest_fitting(fits, start)
+    try:
+        best, first_oom = largest_fitting(fits, start)
+    except _SearchEnded:
+        best, first_oom = max(ran, default=0), ended["batch"]
     c = None  # drop the contender's weights and optimizer state before the next one
-    gc.collect()
-    torch.cuda.empty_cache()
-    return {"max_batch": best, "max_batch_first_oom": first_oom, "max_batch_tries": len(tries)}
+    try:
+        gc.collect()
+        torch.cuda.empty_cache()
+    except RuntimeError:
+        pass
+    out = {"max_batch": best, "max_batch_first_oom": first_oom, "max_batch_tries": len(tries)}
+    if ended:
+        out["max_batch_ended_by"] = dict(ended)
+    return out
 
 
 def _spread(values: np.ndarray) -> dict:
@@ -302,8 +323,8 @@ def run(cfg: BenchConfig, log=_log) -> dict:
         if peak is None:
             peak_source = None
     matmul_tflops = None
-    if device.type == "cuda" and setup.precision in ("bf16", "fp16"):
-        matmul_tflops = measure_matmul_tflops(device, cont.AMP_DTYPES[setup.precision])
+    if device.type == "cuda" and amp_dtype(setup.precision) is not None:
+        matmul_tflops = measure_matmul_tflops(device, amp_dtype(setup.precision))
 
     base = cont.base_model(setup)
     max_batch = {}
@@ -325,7 +346,7 @@ def run(cfg: BenchConfig, log=_log) -> dict:
     times = {n: [] for n in names}
     peaks = {n: None for n in names}
     total = len(names) * (cfg.warmup + cfg.rounds * cfg.steps)
-    with tqdm(total=total, desc="bench", unit="step", file=sys.stderr, disable=None) as bar:
+    with Progress(total, "bench", stream=sys.stderr) as bar:
         for name in names:  # warm-up: allocator, cuDNN/cuBLAS heuristics, torch.compile, autotuning
             before = dict(dispatch.calls)
             try:
@@ -395,7 +416,8 @@ def run(cfg: BenchConfig, log=_log) -> dict:
             "flops_per_img": flops_per_img, "forward_flops_per_img": fl,
             "peak_tflops": peak, "peak_tflops_source": peak_source,
             "measured_matmul_tflops": matmul_tflops,
-            "optimizer": "AdamW(lr=1.5e-4, betas=(0.9, 0.95), wd=0.05, fused on CUDA)",
+            "optimizer": ("AdamW(lr=1.5e-4, betas=(0.9, 0.95), wd=0.05 except biases, norms, tokens "
+                          "and position embeddings, fused on CUDA)"),
             "timer": "cuda events" if device.type == "cuda" else "time.perf_counter",
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),

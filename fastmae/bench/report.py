@@ -54,9 +54,14 @@ def write_json(res: dict, path: str) -> None:
     atomic_save_file(write, path)
 
 
-def plot(res: dict, path: str) -> None:
+def plot(res: dict, path: str) -> str | None:
     """Bar chart of img/s per contender (quartile error bars), labelled with the
-    ratio to the reference contender."""
+    ratio to the reference contender. Without matplotlib: None and a PictureSkipped warning."""
+    from ..pictures import matplotlib_missing, skip_picture
+    why = matplotlib_missing()
+    if why:
+        skip_picture(path, why)
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -87,3 +92,4 @@ def plot(res: dict, path: str) -> None:
     fmt = os.path.splitext(path)[1][1:].lower()
     atomic_save_file(lambda tmp: fig.savefig(tmp, format=fmt), path)
     plt.close(fig)
+    return path

@@ -7,11 +7,10 @@ import torch
 
 from ..bench import report
 from ..bench.contenders import NAMES, hf_available
-from ..bench.harness import LOADERS, PRECISIONS, BenchConfig, run as run_bench
-from ..settings import ConfigError
-from ..models import attention
+from ..bench.harness import BenchConfig, run as run_bench
 from ..models.registry import CONFIGS
-from ..ops.dispatch import KERNELS
+from ..settings import ATTENTION, KERNELS, LOADERS, PRECISIONS, ConfigError
+from .flags import DEVICE_HELP
 
 HELP = ("Time the MAE pretraining step (forward + backward + AdamW) of fastmae, the plain "
         "PyTorch reference and Hugging Face ViTMAE, interleaved in one process.")
@@ -28,7 +27,7 @@ def add_arguments(p):
     p.add_argument("--norm-pix-loss", "--norm_pix_loss", action="store_true",
                    help="per-patch normalised pixel targets")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="autocast dtype on CUDA (auto = bf16 on CUDA, fp32 on CPU)")
+                   help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU; fp16 needs CUDA)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per contender per round (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per contender first (default 3)")
     p.add_argument("--rounds", type=int, default=3, help="round-robin rounds over the contenders (default 3)")
@@ -36,9 +35,9 @@ def add_arguments(p):
                    help=f"comma-separated, from {','.join(NAMES)} (default: all three; hf only "
                         "when transformers is installed)")
     p.add_argument("--kernels", default="auto", choices=KERNELS, help="fastmae ops: Triton or torch")
-    p.add_argument("--attn", default="auto", choices=attention.BACKENDS, help="fastmae attention backend")
+    p.add_argument("--attn", default="auto", choices=ATTENTION, help="fastmae attention backend")
     p.add_argument("--compile", action="store_true", help="torch.compile the fastmae model")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice); on a busy CPU 1 avoids "
@@ -115,7 +114,6 @@ def run(args) -> int:
     if args.json:
         report.write_json(res, args.json)
         print(f"wrote {args.json}")
-    if args.plot:
-        report.plot(res, args.plot)
+    if args.plot and report.plot(res, args.plot):
         print(f"wrote {args.plot}")
     return 0

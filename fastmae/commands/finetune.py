@@ -7,7 +7,7 @@ HELP = "fine-tune a pretrained MAE as a ViT classifier (few labels, or all)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..downstream.flags import add_data_flags, add_runtime_flags, flag
+    from .flags import add_data_flags, add_runtime_flags, flag
     flag(p, "checkpoint", "finetune", default=None,
          help="pretrained MAE: fastmae checkpoint, official .pth, .safetensors, or a Hugging Face "
               "ViTMAE folder / hub id")

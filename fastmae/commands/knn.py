@@ -5,7 +5,7 @@ HELP = "k-NN accuracy of frozen MAE features (cosine similarity, weighted votes)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..downstream.flags import add_data_flags, add_runtime_flags, flag
+    from .flags import add_data_flags, add_runtime_flags, flag
     flag(p, "checkpoint", required=True, help="pretrained MAE (any format fastmae reads)")
     add_data_flags(p)
     flag(p, "k", "nb-knn", type=int, default=20, help="neighbours (default 20)")

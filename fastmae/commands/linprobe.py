@@ -5,7 +5,7 @@ HELP = "linear probe: train a BatchNorm + Linear head on frozen MAE features"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..downstream.flags import add_data_flags, add_runtime_flags, flag
+    from .flags import add_data_flags, add_runtime_flags, flag
     flag(p, "checkpoint", "finetune", required=True, help="pretrained MAE (any format fastmae reads)")
     add_data_flags(p)
     pool = p.add_mutually_exclusive_group()

@@ -5,7 +5,7 @@ HELP = "picture of MAE reconstructions: original | masked | reconstruction | + v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..downstream.flags import flag
+    from .flags import DEVICE_HELP, flag
     p.add_argument("checkpoint", help="pretrained MAE (any format fastmae reads)")
     p.add_argument("images", nargs="+", help="image files or folders")
     flag(p, "mask-ratio", type=float, default=0.75)
@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(p, "out", default="reconstructions.png", help="PNG file to write")
     flag(p, "limit", type=int, default=8, help="at most this many images (rows)")
     flag(p, "force", action="store_true", help="replace an existing --out")
-    flag(p, "device", default="auto", help="auto | cuda | cpu")
+    flag(p, "device", default="auto", help=DEVICE_HELP)
 
 
 def run(args) -> int:
@@ -26,8 +26,9 @@ def run(args) -> int:
     from ..downstream.images import load_batch
     from ..downstream.pretrained import load_mae
     from ..settings import ConfigError
-    from ..pictures import save_reconstructions
+    from ..pictures import require_matplotlib, save_reconstructions
 
+    require_matplotlib("fastmae visualize")
     if not 0.0 <= args.mask_ratio < 1.0:
         raise ConfigError(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
     if args.limit < 1:

@@ -11,15 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..settings import BackendUnavailable, ConfigError, DataError
+from ..settings import BackendUnavailable, ConfigError, DataError, check_choice, resolve_device
 from ..files import atomic_write_text
 from .base import DataWarning, describe_skips
 from .cache import cache_dir
 from .images import header_problem
 from .sources import Samples, scan
 from .transforms import FINETUNE_SCALE, PRETRAIN_SCALE, EvalTransform, TrainTransform
-
-BACKENDS = ("auto", "dali", "torch")
 
 
 def dali_available() -> bool:
@@ -31,28 +29,13 @@ def dali_available() -> bool:
 
 
 def _resolve_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown data backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_choice("loader", backend)
     if backend == "auto":
         return "dali" if dali_available() else "torch"
     if backend == "dali" and not dali_available():
         raise BackendUnavailable("data backend 'dali' needs NVIDIA DALI, which is not installed "
                                  "(pip install nvidia-dali-cuda130, or use backend='torch')")
     return backend
-
-
-def _resolve_device(device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
-    if dev.type not in ("cuda", "cpu"):
-        raise ConfigError(f"the data loaders deliver to 'cpu' or 'cuda', not {device!r}")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
 
 
 def default_workers() -> int:
@@ -133,7 +116,7 @@ def _build(source, *, train, scale, with_labels, img_size, batch_size, backend, 
     if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
         raise ConfigError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     backend = _resolve_backend(backend)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     samples = scan(source)
     if with_labels and samples.labels is None:
         raise DataError(f"{source} has no labels: use an ImageFolder layout (root/<class>/<image>) "

@@ -73,7 +73,7 @@ class VisionTransformer(nn.Module):
     def tokens(self, imgs: torch.Tensor) -> torch.Tensor:
         """All encoder tokens (B, 1+L, D) before the final norm."""
         if imgs.ndim != 4 or tuple(imgs.shape[-2:]) != self.img_size:
-            raise ValueError(f"images of shape {tuple(imgs.shape)} do not fit this model "
+            raise ConfigError(f"images of shape {tuple(imgs.shape)} do not fit this model "
                              f"(img_size {self.img_size[0]}x{self.img_size[1]})")
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)

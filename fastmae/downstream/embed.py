@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from .. import data
-from ..settings import ConfigError
-from .features import extract, frozen_encoder
 from ..files import atomic_save_file, atomic_write_text, check_new
+from ..settings import ConfigError, resolve_device, resolve_precision
+from .features import extract, frozen_encoder
 from .images import ordered_batches
 
 FORMATS = (".safetensors", ".npy")
@@ -21,9 +21,10 @@ def sidecar(out: Path) -> Path:
 
 
 def embed(source, checkpoint, out, *, pool: str = "cls", img_size=None, batch_size: int = 64,
-          num_workers: int = 0, device=None, amp_dtype=None, attn: str = "auto",
+          num_workers: int = 0, device="cpu", precision: str | None = None, attn: str = "auto",
           force: bool = False) -> dict:
-    """Write the features of every image under `source`. Returns a summary dict."""
+    """Write the features of every image under `source`. Returns a summary dict.
+    `device` and `precision` take what --device and --precision do."""
     out = Path(out).expanduser()
     if out.suffix not in FORMATS:
         raise ConfigError(f"--out must end in {' or '.join(FORMATS)}, got {out.name}")
@@ -33,12 +34,13 @@ def embed(source, checkpoint, out, *, pool: str = "cls", img_size=None, batch_si
     if out.suffix == ".npy":
         check_new(sidecar(out), force, "file-name list")
     samples = data.scan(source)
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     encoder = frozen_encoder(checkpoint, img_size, attn)
-    device = device or torch.device("cpu")
     encoder.to(device)
     batches = ordered_batches(samples.paths, encoder.img_size[0], encoder.config["in_chans"],
                               batch_size, num_workers)
-    feats, _ = extract(encoder, batches, pool, device, amp_dtype)
+    feats, _ = extract(encoder, batches, pool, device, precision)
     names = [str(p) for p in samples.paths]
     meta = {"pool": pool, "checkpoint": str(checkpoint), "dim": str(feats.shape[1]),
             "img_size": str(encoder.img_size[0])}

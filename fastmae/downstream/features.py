@@ -1,6 +1,7 @@
 """Frozen-encoder features of many images: no masking, no gradient, batched."""
 import torch
 
+from ..settings import autocast
 from .classifier import VisionTransformer
 from .pretrained import build_classifier
 
@@ -15,14 +16,14 @@ def frozen_encoder(checkpoint, img_size: int | None = None, attn: str = "auto") 
 
 
 @torch.no_grad()
-def extract(model: VisionTransformer, batches, pool: str = "cls", device=None, amp_dtype=None):
+def extract(model: VisionTransformer, batches, pool: str = "cls", device=None, precision: str = "fp32"):
     """Features (N, D) float32 on the CPU, and labels (N,) int64 when the batches are
-    (images, labels) pairs (else None)."""
+    (images, labels) pairs (else None). `precision` is resolved (settings.resolve_precision)."""
     device = device or next(model.parameters()).device
     feats, labels = [], []
     for batch in batches:
         imgs, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, precision):
             f = model.features(imgs.to(device, non_blocking=True), pool)
         feats.append(f.float().cpu())
         if y is not None:

@@ -11,21 +11,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from .. import __version__, data
-from ..settings import resolve_device
-from ..settings import CheckpointError, ConfigError
-from ..pictures import save_confusion_matrix, save_curves
-from ..train.schedule import lr_at, set_lr
-from . import splits as splits_mod
+from .. import __version__
+from ..data.transforms import EvalTransform
 from ..files import atomic_torch_save, atomic_write_json
+from ..pictures import save_confusion_matrix, save_curves
+from ..progress import Progress
+from ..settings import CheckpointError, ConfigError, DataError, TrainingError, adamw, autocast
+from ..train.schedule import lr_at, set_lr
+from .common import evaluate, labelled_run, make_loaders
 from .lr_decay import param_groups_lrd
-from .metrics import Evaluation
 from .mixup import Mixup, soft_target_cross_entropy
 from .pretrained import build_classifier, default_layer_decay
 
 BEST, LAST = "checkpoint-best.pth", "checkpoint-last.pth"
+BETAS = (0.9, 0.999)  # main_finetune.py keeps AdamW's default betas
 
 
 @dataclass
@@ -60,7 +60,7 @@ class FinetuneConfig:
     loader: str = "auto"
     num_workers: int | None = None
     device: str = "auto"
-    precision: str | None = None      # bf16 | fp32; default bf16 on CUDA, fp32 on CPU
+    precision: str | None = None      # settings.PRECISIONS; unset: bf16 on CUDA, fp32 on CPU
     attn: str = "auto"
     seed: int = 0
     output_dir: str = "./output_finetune"
@@ -87,28 +87,6 @@ class FinetuneResult:
     val_images: int
 
 
-def resolve_precision(name: str | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    name = name or ("bf16" if device.type == "cuda" else "fp32")
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    raise ConfigError(f"unknown precision {name!r}; choose bf16 or fp32")
-
-
-def labelled_run(cfg):
-    """What every labelled run (finetune, linprobe) starts with: its device, autocast dtype,
-    seeded RNG and the train/eval split of the labelled data."""
-    device = resolve_device(cfg.device)
-    amp_dtype = resolve_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
-    sp = splits_mod.resolve(cfg.data, cfg.val, labels_per_class=cfg.labels_per_class,
-                            label_fraction=cfg.label_fraction,
-                            holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
-    return device, amp_dtype, sp
-
-
 def check_config(cfg: FinetuneConfig) -> None:
     checks = [(cfg.epochs >= 1, "--epochs must be at least 1"),
               (cfg.batch_size >= 1, "--batch-size must be at least 1"),
@@ -125,31 +103,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError("give only one of --labels-per-class and --label-fraction")
 
 
-def make_loaders(sp, *, img_size, batch_size, in_chans, cfg, device, seed):
-    bs = min(batch_size, len(sp.train))
-    train = data.classification_loader(sp.train, train=True, img_size=img_size, batch_size=bs,
-                                       backend=cfg.loader, device=device.type,
-                                       num_workers=cfg.num_workers, seed=seed, in_chans=in_chans,
-                                       drop_last=True)
-    val = data.classification_loader(sp.val, train=False, img_size=img_size,
-                                     batch_size=max(batch_size, 1), backend=cfg.loader,
-                                     device=device.type, num_workers=cfg.num_workers, seed=seed,
-                                     in_chans=in_chans, drop_last=False)
-    return train, val
-
-
-@torch.no_grad()
-def evaluate(model, loader, num_classes: int, amp_dtype, device) -> tuple[dict, torch.Tensor]:
-    model.eval()
-    ev = Evaluation(num_classes)
-    for imgs, labels in loader:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            scores = model(imgs.to(device, non_blocking=True))
-        ev.update(scores, labels)
-    return ev.result(), ev.cm
-
-
-def _load_resume(path, model, optimizer) -> dict:
+def _load_resume(path, model, optimizer, scaler) -> dict:
     p = Path(path).expanduser()
     if not p.is_file():
         raise CheckpointError(f"--resume {p} does not exist")
@@ -162,14 +116,28 @@ def _load_resume(path, model, optimizer) -> dict:
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"--resume {p} does not fit this model: {str(e).splitlines()[0]}") from None
     return state
 
 
+def _optimizer_step(model, optimizer, scaler, clip_grad) -> None:
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     check_config(cfg)
-    device, amp_dtype, sp = labelled_run(cfg)
+    device, precision, sp = labelled_run(cfg)
     num_classes = len(sp.classes)
     model, info = build_classifier(num_classes, checkpoint=cfg.checkpoint, model=cfg.model,
                                    from_scratch=cfg.from_scratch, img_size=cfg.img_size,
@@ -183,12 +151,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                                             in_chans=in_chans, cfg=cfg, device=device, seed=cfg.seed)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
-        raise ConfigError(f"{len(sp.train)} training images make no batch")
+        raise DataError(f"{len(sp.train)} training images make no batch")
     eff_batch = min(cfg.batch_size, len(sp.train)) * cfg.accum_iter  # the loader caps the batch
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
     layer_decay = cfg.layer_decay or default_layer_decay(model.num_layers)
     groups = param_groups_lrd(model, cfg.weight_decay, model.no_weight_decay(), layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = adamw(groups, lr, device, betas=BETAS)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None  # fp16 needs CUDA
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(num_classes, cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob,
@@ -200,18 +169,18 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     best_cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     start_epoch = 0
     if cfg.resume:
-        state = _load_resume(cfg.resume, model, optimizer)
+        state = _load_resume(cfg.resume, model, optimizer, scaler)
         start_epoch = int(state["epoch"]) + 1
         history = list(state.get("history", []))
         best = dict(state.get("best", best))
         if "best_cm" in state:
             best_cm = state["best_cm"]
     meta = {"classes": sp.classes, "classifier_config": model.config, "fastmae_version": __version__,
-            "args": cfg.to_dict(), "source": info["source"], "from_scratch": cfg.from_scratch}
+            "args": cfg.to_dict(), "source": info["source"], "from_scratch": cfg.from_scratch,
+            "eval_transform": EvalTransform(img_size, in_chans).describe()}
 
-    epochs = tqdm(range(start_epoch, cfg.epochs), desc="fine-tune", disable=not cfg.progress,
-                  initial=start_epoch, total=cfg.epochs)
-    for epoch in epochs:
+    progress = Progress(cfg.epochs, "fine-tune", initial=start_epoch, unit="epoch", enabled=cfg.progress)
+    for epoch in range(start_epoch, cfg.epochs):
         model.train()
         train_loader.set_epoch(epoch)
         t0, total, seen = time.time(), 0.0, 0
@@ -222,7 +191,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                                 warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs)
                 set_lr(optimizer, step_lr)
             imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with autocast(device, precision):
                 if mixup is not None:
                     imgs, target = mixup(imgs, labels)
                     loss = soft_target_cross_entropy(model(imgs), target)
@@ -230,31 +199,36 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                     loss = F.cross_entropy(model(imgs).float(), labels, label_smoothing=cfg.smoothing)
             value = loss.item()
             if not math.isfinite(value):
-                raise ConfigError(f"the loss became {value} at epoch {epoch}, step {i}; lower --blr/--lr "
-                                  "or use --precision fp32")
-            (loss / cfg.accum_iter).backward()
+                raise TrainingError(f"the loss became {value} at epoch {epoch}, step {i}; lower "
+                                    "--blr/--lr or use --precision fp32")
+            scaled = loss / cfg.accum_iter
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
             if (i + 1) % cfg.accum_iter == 0 or i + 1 == steps_per_epoch:
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
+                _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
                 optimizer.zero_grad(set_to_none=True)
             total += value * labels.shape[0]
             seen += labels.shape[0]
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "lr": step_lr,
                "epoch_s": time.time() - t0}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            metrics, cm = evaluate(model, val_loader, num_classes, amp_dtype, device)
+            metrics, cm = evaluate(model, val_loader, num_classes, precision, device)
             row.update(val_acc1=metrics["acc1"], val_acc5=metrics["acc5"])
             if metrics["acc1"] > best["acc1"]:
                 best = {"acc1": metrics["acc1"], "acc5": metrics["acc5"], "epoch": epoch}
                 best_cm = cm
                 atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "acc1": metrics["acc1"],
                                    "acc5": metrics["acc5"], **meta}, out / BEST)
-            epochs.set_postfix(loss=f"{row['train_loss']:.3f}", acc1=f"{metrics['acc1']:.1f}")
         history.append(row)
         atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scaler": scaler.state_dict() if scaler is not None else None,
                            "epoch": epoch, "history": history, "best": best, "best_cm": best_cm,
                            **meta}, out / LAST)
+        progress.update()
+        figures = {"loss": f"{row['train_loss']:.3f}"}
+        if "val_acc1" in row:
+            figures["acc1"] = f"{row['val_acc1']:.1f}"
+        progress.report(**figures)
+    progress.close()
 
     final_acc1 = next((r["val_acc1"] for r in reversed(history) if "val_acc1" in r), best["acc1"])
     save_confusion_matrix(best_cm, sp.classes, out / "confusion_matrix.png",

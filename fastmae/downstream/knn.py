@@ -4,7 +4,7 @@ class with weight exp(similarity / T)."""
 import torch
 import torch.nn.functional as F
 
-from ..settings import ConfigError
+from ..settings import ConfigError, DataError
 from .metrics import Evaluation
 
 
@@ -18,7 +18,7 @@ def knn_scores(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats
     if temperature <= 0:
         raise ConfigError(f"temperature must be positive, got {temperature}")
     if train_feats.shape[0] == 0:
-        raise ConfigError("k-NN needs at least one training feature")
+        raise DataError("k-NN needs at least one training feature")
     if train_feats.shape[1] != test_feats.shape[1]:
         raise ConfigError(f"train features have {train_feats.shape[1]} dims, test features "
                           f"{test_feats.shape[1]}")
@@ -52,26 +52,25 @@ def knn_run(checkpoint, *, data=None, val=None, holdout_fraction: float = 0.2,
             seed: int = 0) -> tuple[dict, torch.Tensor, list[str]]:
     """k-NN accuracy of a checkpoint's frozen features on held-out images:
     (metrics, confusion matrix, classes)."""
+    from .. import data as fdata
+    from ..settings import resolve_device, resolve_precision
     from . import splits as splits_mod
     from .features import extract, frozen_encoder
-    from ..settings import resolve_device
-    from .finetune import resolve_precision
-    from .. import data as fdata
 
     if pool not in ("cls", "avg"):
         raise ConfigError(f"unknown pooling {pool!r}; choose cls or avg")
     dev = resolve_device(device)
-    amp = resolve_precision(precision, dev)
+    precision = resolve_precision(precision, dev)
     sp = splits_mod.resolve(data, val, labels_per_class=labels_per_class,
                             label_fraction=label_fraction, holdout_fraction=holdout_fraction, seed=seed)
     encoder = frozen_encoder(checkpoint, img_size, attn).to(dev)
     feats = {}
     for name, samples in (("train", sp.train), ("val", sp.val)):
         ld = fdata.classification_loader(samples, train=False, img_size=encoder.img_size[0],
-                                         batch_size=batch_size, backend=loader, device=dev.type,
+                                         batch_size=batch_size, backend=loader, device=dev,
                                          num_workers=num_workers, seed=seed,
                                          in_chans=encoder.config["in_chans"], drop_last=False)
-        feats[name] = extract(encoder, ld, pool, dev, amp)
+        feats[name] = extract(encoder, ld, pool, dev, precision)
     metrics, cm = knn_evaluate(feats["train"][0], feats["train"][1], feats["val"][0], feats["val"][1],
                                len(sp.classes), k, temperature)
     metrics.update(k=min(k, len(sp.train)), temperature=temperature, pool=pool,

@@ -12,15 +12,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .. import __version__, data
-from ..settings import ConfigError
-from ..pictures import save_confusion_matrix
-from ..train.schedule import lr_at, set_lr
-from .features import extract, frozen_encoder
+from ..data.transforms import EvalTransform
 from ..files import atomic_torch_save, atomic_write_json
-from .finetune import labelled_run, make_loaders
+from ..pictures import save_confusion_matrix
+from ..progress import Progress
+from ..settings import ConfigError, DataError, TrainingError, autocast
+from ..train.schedule import lr_at, set_lr
+from .common import labelled_run, make_loaders
+from .features import extract, frozen_encoder
 from .lars import LARS
 from .metrics import Evaluation
 
@@ -85,8 +86,8 @@ def _cached_batches(feats: torch.Tensor, labels: torch.Tensor, batch: int, epoch
 
 
 @torch.no_grad()
-def _features(encoder, imgs, pool, amp_dtype):
-    with torch.autocast(imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+def _features(encoder, imgs, pool, precision):
+    with autocast(imgs.device, precision):
         return encoder.features(imgs, pool).float()
 
 
@@ -97,9 +98,9 @@ def linprobe(cfg: LinprobeConfig) -> dict:
         raise ConfigError(f"unknown pooling {cfg.pool!r}; choose cls or avg")
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConfigError("--epochs must be >= 1 and --batch-size >= 2 (BatchNorm needs a batch)")
-    device, amp_dtype, sp = labelled_run(cfg)
+    device, precision, sp = labelled_run(cfg)
     if len(sp.train) < 2:
-        raise ConfigError("linear probing needs at least 2 labelled training images")
+        raise DataError("linear probing needs at least 2 labelled training images")
     num_classes = len(sp.classes)
     encoder = frozen_encoder(cfg.checkpoint, cfg.img_size, cfg.attn).to(device)
     head = probe_head(encoder.embed_dim, num_classes).to(device)
@@ -109,14 +110,14 @@ def linprobe(cfg: LinprobeConfig) -> dict:
     batch = min(cfg.batch_size, len(sp.train))
     lr = cfg.lr if cfg.lr is not None else cfg.blr * batch / 256
     optimizer = build_optimizer(cfg.optimizer, head.parameters(), lr, cfg.weight_decay)
-    val_feats, val_labels = extract(encoder, val_loader, cfg.pool, device, amp_dtype)
+    val_feats, val_labels = extract(encoder, val_loader, cfg.pool, device, precision)
     if cfg.cache_features:
         plain = data.classification_loader(sp.train, train=False, img_size=encoder.img_size[0],
                                            batch_size=cfg.batch_size, backend=cfg.loader,
-                                           device=device.type, num_workers=cfg.num_workers,
+                                           device=device, num_workers=cfg.num_workers,
                                            seed=cfg.seed, in_chans=encoder.config["in_chans"],
                                            drop_last=False)
-        train_feats, train_labels = extract(encoder, plain, cfg.pool, device, amp_dtype)
+        train_feats, train_labels = extract(encoder, plain, cfg.pool, device, precision)
         steps = len(sp.train) // batch
     else:
         steps = len(train_loader)
@@ -124,13 +125,14 @@ def linprobe(cfg: LinprobeConfig) -> dict:
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     history, best, best_cm = [], {"acc1": -1.0, "acc5": 0.0, "epoch": -1}, None
-    for epoch in tqdm(range(cfg.epochs), desc="linear probe", disable=not cfg.progress):
+    progress = Progress(cfg.epochs, "linear probe", unit="epoch", enabled=cfg.progress)
+    for epoch in range(cfg.epochs):
         head.train()
         if cfg.cache_features:
             batches = _cached_batches(train_feats, train_labels, batch, epoch, cfg.seed)
         else:
             train_loader.set_epoch(epoch)
-            batches = ((_features(encoder, x.to(device), cfg.pool, amp_dtype), y) for x, y in train_loader)
+            batches = ((_features(encoder, x.to(device), cfg.pool, precision), y) for x, y in train_loader)
         total, seen = 0.0, 0
         for i, (f, y) in enumerate(batches):
             set_lr(optimizer, lr_at(epoch + i / max(steps, 1), lr=lr, min_lr=cfg.min_lr,
@@ -138,7 +140,7 @@ def linprobe(cfg: LinprobeConfig) -> dict:
             f, y = f.to(device), y.to(device)
             loss = F.cross_entropy(head(f), y)
             if not math.isfinite(loss.item()):
-                raise ConfigError(f"the probe loss became {loss.item()} at epoch {epoch}; lower --blr")
+                raise TrainingError(f"the probe loss became {loss.item()} at epoch {epoch}; lower --blr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -155,8 +157,13 @@ def linprobe(cfg: LinprobeConfig) -> dict:
             best, best_cm = {"acc1": m["acc1"], "acc5": m["acc5"], "epoch": epoch}, ev.cm
             atomic_torch_save({"head": head.state_dict(), "pool": cfg.pool, "classes": sp.classes,
                                "checkpoint": str(cfg.checkpoint), "encoder_config": encoder.config,
-                               "epoch": epoch, "acc1": m["acc1"], "fastmae_version": __version__},
+                               "epoch": epoch, "acc1": m["acc1"], "fastmae_version": __version__,
+                               "eval_transform": EvalTransform(encoder.img_size[0],
+                                                               encoder.config["in_chans"]).describe()},
                               out / "probe-best.pth")
+        progress.update()
+        progress.report(loss=f"{history[-1]['train_loss']:.3f}", acc1=f"{m['acc1']:.1f}")
+    progress.close()
     save_confusion_matrix(best_cm, sp.classes, out / "confusion_matrix.png",
                           title=f"linear probe, best epoch {best['epoch']}")
     result = {"best_acc1": best["acc1"], "best_acc5": best["acc5"], "best_epoch": best["epoch"],

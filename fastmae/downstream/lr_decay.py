@@ -4,6 +4,8 @@ token and position embedding at decay**num_layers. Biases, norms (every 1-D tens
 the tokens/position embedding get no weight decay."""
 import torch.nn as nn
 
+from ..settings import ConfigError
+
 
 def layer_id(name: str, num_layers: int) -> int:
     """0 for the embedding, i+1 for blocks.i, num_layers for everything after (norm, head).
@@ -19,7 +21,7 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, no_weight_dec
                      layer_decay: float = 0.75) -> list[dict]:
     """Optimizer parameter groups, each with an 'lr_scale' the schedule multiplies in."""
     if not 0.0 < layer_decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        raise ConfigError(f"layer_decay must be in (0, 1], got {layer_decay}")
     num_layers = len(model.blocks) + 1
     scales = [layer_decay ** (num_layers - i) for i in range(num_layers + 1)]
     groups: dict[str, dict] = {}

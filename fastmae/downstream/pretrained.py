@@ -5,7 +5,7 @@ through fastmae.interop, which never executes code from a file."""
 from pathlib import Path
 
 from .. import interop
-from ..settings import CheckpointError, ConfigError
+from ..settings import BackendUnavailable, CheckpointError, ConfigError
 from ..models.registry import model_config
 from .classifier import VisionTransformer, encoder_config, load_encoder
 
@@ -14,8 +14,8 @@ def _hf_model(source: str):
     try:
         from transformers import ViTMAEForPreTraining
     except ImportError:
-        raise CheckpointError(f"{source} is Hugging Face ViTMAE weights but transformers is not "
-                              "installed (pip install 'fastmae[hf]')") from None
+        raise BackendUnavailable(f"{source} is Hugging Face ViTMAE weights but transformers is not "
+                                 "installed (pip install 'fastmae[hf]')") from None
     try:
         hf = ViTMAEForPreTraining.from_pretrained(source)
     except (OSError, ValueError) as e:

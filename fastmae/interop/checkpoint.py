@@ -7,7 +7,6 @@ and Hugging Face ViTMAE weights (a model.safetensors / pytorch_model.bin, or the
 holding it with its config.json). PyTorch files go through torch.load(weights_only=True):
 a pickle that names anything but tensors and plain data is refused, not executed."""
 import argparse
-import dataclasses
 import json
 import pickle
 from collections.abc import Mapping
@@ -21,18 +20,10 @@ from ..models.mae import MaskedAutoencoderViT, to_pair
 from ..models.pos_embed import interpolate_pos_embed
 from . import hf
 from .statedict import infer_model_config, load_weights
+from .weights import Checkpoint
 
 CONFIG_KEY = "fastmae_model_config"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-@dataclasses.dataclass
-class Checkpoint:
-    state_dict: dict            # official key names, CPU tensors
-    model_config: dict | None   # MaskedAutoencoderViT kwargs when the file says them
-    raw: dict                   # what the file held (safetensors: {"metadata": {...}})
-    path: str | None
-    kind: str = "state_dict"    # fastmae | official | state_dict | safetensors | hf
 
 
 def _first_line(e: BaseException) -> str:

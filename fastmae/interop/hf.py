@@ -224,7 +224,7 @@ def to_hf_vitmae(model, mask_ratio: float = 0.75):
     Checkpoint), on the model's device. mask_ratio becomes the Hugging Face config field."""
     transformers = _transformers()
     from ..models.mae import MaskedAutoencoderViT
-    from .checkpoint import Checkpoint
+    from .weights import Checkpoint
     from .statedict import infer_model_config
     if isinstance(model, Checkpoint):
         cfg, sd = infer_model_config(model.state_dict, model.model_config), model.state_dict

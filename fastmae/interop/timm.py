@@ -17,7 +17,7 @@ POOLS = ("token", "avg")
 
 
 def _state_dict(source) -> dict:
-    from .checkpoint import Checkpoint
+    from .weights import Checkpoint
     if isinstance(source, Checkpoint):
         return dict(source.state_dict)
     if isinstance(source, torch.nn.Module):

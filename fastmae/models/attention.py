@@ -11,9 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..settings import BackendUnavailable, ConfigError
-
-BACKENDS = ("auto", "flash", "sdpa", "math")
+from ..settings import BackendUnavailable, ConfigError, check_choice
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,7 @@ def flash_available() -> bool:
 
 
 def check_backend(name: str) -> str:
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    check_choice("attn", name)
     if name == "flash" and _FLASH is None:
         raise BackendUnavailable(f"--attn flash was asked for but {_FLASH_MISSING} "
                                  "(pip install flash-attn, or use --attn sdpa)")

@@ -9,9 +9,7 @@ import os
 
 import torch
 
-from ..settings import BackendUnavailable, ConfigError
-
-KERNELS = ("auto", "triton", "torch")
+from ..settings import BackendUnavailable, check_choice
 
 # Per-op count of how often each implementation ran: lets tests (and curious users)
 # see that the Triton kernel really executed.
@@ -27,9 +25,7 @@ def triton_available() -> bool:
 
 
 def check_kernels(name: str) -> str:
-    if name not in KERNELS:
-        raise ConfigError(f"unknown kernels {name!r}; choose one of {', '.join(KERNELS)}")
-    return name
+    return check_choice("kernels", name)
 
 
 def resolve(name: str, x: torch.Tensor) -> str:
@@ -50,3 +46,9 @@ def resolve(name: str, x: torch.Tensor) -> str:
 
 def record(op: str, impl: str) -> None:
     calls[f"{op}:{impl}"] += 1
+
+
+def reads_values(t: torch.Tensor) -> bool:
+    """Whether an input check may read t's values: on CPU only (on CUDA it would sync the
+    device) and never while torch.compile traces (it would break the graph)."""
+    return not t.is_cuda and not torch.compiler.is_compiling()

@@ -8,14 +8,19 @@ LOADERS = ("auto", "dali", "torch")              # image decoding and augmentati
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")    # autocast dtype of a step
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")      # what --device takes (N a GPU index)
 COMPILE = ("auto", "on", "off")                  # torch.compile of the model
+COMPILE_MODES = ("model", "blocks")             # what is compiled: the whole model or each block
 
 CHOICES = {"kernels": KERNELS, "attn": ATTENTION, "loader": LOADERS, "precision": PRECISIONS,
-           "compile": COMPILE}
+           "compile": COMPILE, "compile_mode": COMPILE_MODES}
+# How an error message names each setting.
+LABELS = {"kernels": "kernels", "attn": "attention backend", "loader": "data loader",
+          "precision": "precision", "compile": "compile setting",
+          "compile_mode": "compile mode"}
 
 
 def check_choice(setting: str, value) -> str:
     """`value` if it is one of `setting`'s allowed values, else one clear ConfigError."""
     allowed = CHOICES[setting]
     if value not in allowed:
-        raise ConfigError(f"unknown {setting} {value!r}; choose one of {', '.join(allowed)}")
+        raise ConfigError(f"unknown {LABELS[setting]} {value!r}; choose one of {', '.join(allowed)}")
     return value

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from ..settings import ConfigError
 from ..models.registry import CONFIGS
+from ..settings import ConfigError, check_choice, resolve_device
 
 BUILTIN_PRESET = dict(model="mae_vit_micro_patch4", img_size=32, epochs=20, warmup_epochs=2,
                       blr=1.0e-3, batch_size=64)
@@ -29,17 +29,19 @@ class TrainConfig:
     blr: float | None = None          # lr = blr * effective batch / 256
     lr: float | None = None           # absolute lr, overrides blr
     min_lr: float = 0.0
-    warmup_epochs: float | None = None
+    warmup_epochs: float | None = None  # unset: the preset's, at most 10% of --epochs
     weight_decay: float = 0.05
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
     img_size: int | None = None
     in_chans: int = 3
-    loader: str = "auto"              # auto | dali | torch
-    kernels: str = "auto"             # auto | triton | torch
-    attn: str = "auto"                # auto | flash | sdpa | math
-    compile: bool = False
-    precision: str | None = None      # bf16 | fp16 | fp32; default bf16 on CUDA, fp32 on CPU
+    loader: str = "auto"              # settings.LOADERS
+    kernels: str = "auto"             # settings.KERNELS
+    attn: str = "auto"                # settings.ATTENTION
+    compile: str = "auto"             # settings.COMPILE: auto = on for CUDA, off on the CPU
+    compile_mode: str = "model"       # settings.COMPILE_MODES: the whole model or each block
+    cuda_graphs: bool = False         # capture the whole step in a CUDA graph (train/graphs.py)
+    precision: str | None = None      # settings.PRECISIONS; unset: bf16 on CUDA, fp32 on CPU
     num_workers: int | None = None
     output_dir: str = "./output_dir"
     resume: str | None = "auto"       # auto (continue if the output dir has a checkpoint) | PATH | none
@@ -52,7 +54,7 @@ class TrainConfig:
     max_steps: int | None = None      # stop early after this many optimizer steps
     log_every: int = 10
     seed: int = 0
-    device: str = "auto"              # auto | cuda | cpu
+    device: str = "auto"              # auto, cpu, cuda or cuda:N
     model_overrides: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -80,10 +82,20 @@ def from_yaml(path: str) -> dict:
     return out
 
 
+def default_warmup(preset_warmup: float, epochs: int) -> float:
+    """The warm-up a run gets when --warmup-epochs is not given: the preset's, but never more
+    than 10% of the run, so a short run (--epochs 1) is valid and still warms up."""
+    return min(preset_warmup, 0.1 * epochs)
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the preset defaults and validate; returns a new config."""
     preset = BUILTIN_PRESET if cfg.data is None else PAPER_PRESET
     filled = {k: (v if v is not None else preset.get(k)) for k, v in cfg.to_dict().items()}
+    if cfg.warmup_epochs is None and isinstance(filled["epochs"], (int, float)):
+        filled["warmup_epochs"] = default_warmup(preset["warmup_epochs"], filled["epochs"])
+    if isinstance(filled["compile"], bool):  # `compile: true` in a YAML file of an older run
+        filled["compile"] = "on" if filled["compile"] else "off"
     out = TrainConfig(**filled)
     validate(out)
     return out
@@ -92,6 +104,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_flag(flag: str, check, value) -> None:
+    """A settings check, its message naming the flag."""
+    try:
+        check(value)
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(flag) else f"{flag}: {e}") from None
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -109,14 +129,11 @@ def validate(cfg: TrainConfig) -> None:
            f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
     _check(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
     _check(cfg.in_chans in (1, 3), f"--in-chans must be 1 or 3, got {cfg.in_chans}")
-    _check(cfg.loader in ("auto", "dali", "torch"), f"--loader must be auto, dali or torch, got {cfg.loader!r}")
-    _check(cfg.kernels in ("auto", "triton", "torch"),
-           f"--kernels must be auto, triton or torch, got {cfg.kernels!r}")
-    _check(cfg.attn in ("auto", "flash", "sdpa", "math"),
-           f"--attn must be auto, flash, sdpa or math, got {cfg.attn!r}")
-    _check(cfg.precision in (None, "bf16", "fp16", "fp32"),
-           f"--precision must be bf16, fp16 or fp32, got {cfg.precision!r}")
-    _check(cfg.device in ("auto", "cuda", "cpu"), f"--device must be auto, cuda or cpu, got {cfg.device!r}")
+    for name in ("loader", "kernels", "attn", "compile", "compile_mode"):
+        _check_flag("--" + name.replace("_", "-"), lambda v, name=name: check_choice(name, v),
+                    getattr(cfg, name))
+    _check_flag("--precision", lambda v: check_choice("precision", v or "auto"), cfg.precision)
+    _check_flag("--device", resolve_device, cfg.device)
     _check(cfg.num_workers is None or cfg.num_workers >= 0, "--num-workers must be >= 0")
     _check(cfg.save_every >= 1 and cfg.save_every_steps >= 0 and cfg.keep_last >= 1,
            "--save-every and --keep-last must be at least 1")

@@ -1,17 +1,18 @@
-"""What a person sees of a run: a progress bar, metrics.jsonl (one JSON object per
-logged step), TensorBoard scalars when tensorboard is installed, reconstruction
-pictures, the loss curve and a closing summary. Only rank 0 reports."""
+"""What a person sees of a run: a progress bar (one plain line per logged step when not on
+a terminal), metrics.jsonl (one JSON object per logged step), TensorBoard scalars when
+tensorboard is installed, reconstruction pictures, the loss curve and a closing summary.
+Only rank 0 reports."""
 import json
 import math
 from pathlib import Path
 
 import torch
 import yaml
-from tqdm import tqdm
 
 from .. import pictures
-from ..bench.flops import train_flops_per_image
-from ..bench.peaks import spec_peak_tflops
+from ..progress import Progress
+from ..perf.flops import train_flops_per_image
+from ..perf.peaks import spec_peak_tflops
 
 METRICS = "metrics.jsonl"
 PICTURE_IMAGES = 8
@@ -47,11 +48,10 @@ class Reporter:
         b = backends
         self.log(f"fastmae train: {self.cfg.model} at {self.cfg.img_size}px on {self.device} "
                  f"({self.precision}), loader {b['loader']}, ops {b['kernels']}, attention {b['attn']} "
-                 f"(decoder {b['decoder_attn']}); "
+                 f"(decoder {b['decoder_attn']}), compile {b.get('compile', 'off')}; "
                  f"effective batch {eff_batch}, lr {base_lr:.3g}, {self.total_steps} steps")
         self.tb = _tensorboard(self.out)
-        self.bar = tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True,
-                        mininterval=1.0)
+        self.bar = Progress(self.total_steps, "train", initial=step, write=self.log)
 
     def _trim_metrics(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint: they will be logged again."""
@@ -64,14 +64,19 @@ class Reporter:
         path.write_text("".join(line + "\n" for line in kept))
 
     def keep_pictures(self, imgs: torch.Tensor) -> None:
+        # A copy on the device: moving it to the host here would sync inside a step.
         if self.main and self.picture_imgs is None:
-            self.picture_imgs = imgs[:PICTURE_IMAGES].detach().float().cpu()
+            self.picture_imgs = imgs[:PICTURE_IMAGES].detach().float().clone()
+
+    def log_due(self, step: int) -> bool:
+        """Whether `step` is logged (on every rank: the loop reads the step's flags then)."""
+        return step % self.cfg.log_every == 0 or step == self.total_steps
 
     def step(self, step, epoch, loss, lr, imgs_seen, seconds, skipped: bool) -> None:
         if not self.main:
             return
         self.bar.update(1)
-        if step % self.cfg.log_every and step != self.total_steps:
+        if not self.log_due(step):
             return
         seen0, t0 = self._window_start
         rate = (imgs_seen - seen0) / max(seconds - t0, 1e-9)
@@ -84,7 +89,7 @@ class Reporter:
         if self.tb is not None:
             for key in ("loss", "lr", "img_per_s"):
                 self.tb.add_scalar(f"train/{key}", row[key], step)
-        self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+        self.bar.report(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
 
     def epoch_end(self, epoch: int) -> None:
         every = self.cfg.picture_every

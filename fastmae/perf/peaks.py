@@ -5,6 +5,8 @@ TFLOP/s. MFU against these is the usual convention (PaLM, Megatron); a user who
 measured their own ceiling passes --peak-tflops instead."""
 import torch
 
+from ..settings import amp_dtype
+
 # Matched in order against torch.cuda.get_device_name(), so the specific names
 # (PCIe, NVL) come before the generic one.
 PEAK_BF16_TFLOPS = (
@@ -23,9 +25,9 @@ PEAK_BF16_TFLOPS = (
 
 
 def spec_peak_tflops(device_name: str, precision: str) -> float | None:
-    """Datasheet peak for this GPU at this precision, or None when unknown (CPUs,
-    fp32, GPUs not in the table)."""
-    if precision not in ("bf16", "fp16"):
+    """Datasheet peak for this GPU at a resolved precision (the 16-bit tensor-core figure),
+    or None when unknown (CPUs, fp32, GPUs not in the table)."""
+    if amp_dtype(precision) is None:
         return None
     for key, tflops in PEAK_BF16_TFLOPS:
         if key in device_name:

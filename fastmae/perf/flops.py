@@ -26,6 +26,7 @@ K=49): patch embedding + encoder 8.64 GFLOP, decoder_embed + decoder + decoder_p
 10.75 GFLOP, forward 19.39 GFLOP, train step 58.2 GFLOP per image.
 """
 from ..models.mae import to_pair
+from ..settings import ConfigError
 from ..models.registry import model_config
 
 # Defaults of MaskedAutoencoderViT that the registry entries leave out.
@@ -48,7 +49,7 @@ def forward_flops(config: dict, mask_ratio: float) -> dict[str, int]:
     `config` holds MaskedAutoencoderViT keyword arguments (missing ones take its defaults)."""
     c = {**_DEFAULTS, **config}
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        raise ConfigError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     (H, W), p = to_pair(c["img_size"]), int(c["patch_size"])
     L = (H // p) * (W // p)
     K = int(L * (1 - mask_ratio))

@@ -1,6 +1,9 @@
-"""Command-line flags shared by the downstream commands (finetune, linprobe, knn):
-hyphen spellings plus the official scripts' underscore ones."""
+"""Command-line flag helpers every command uses: hyphen spellings plus the official scripts'
+underscore ones, help text listing a setting's allowed values (from fastmae.settings), and
+the data and runtime flags the labelled-data commands (finetune, linprobe, knn) share."""
 import argparse
+
+from ..settings import ATTENTION, DEVICES, KERNELS, LOADERS, PRECISIONS
 
 
 def flag(p, name: str, *aliases: str, **kw) -> None:
@@ -11,6 +14,16 @@ def flag(p, name: str, *aliases: str, **kw) -> None:
             if s not in spellings:
                 spellings.append(s)
     p.add_argument(*spellings, **kw)
+
+
+def one_of(values) -> str:
+    """Help text of a setting's allowed values, `a | b | c`."""
+    return " | ".join(values)
+
+
+PRECISION_HELP = f"{one_of(PRECISIONS)} (auto: bf16 on CUDA, fp32 on CPU; fp16 needs CUDA)"
+DEVICE_HELP = f"{one_of(DEVICES)} (auto: the GPU when there is one)"
+KERNELS_HELP, ATTN_HELP, LOADER_HELP = one_of(KERNELS), one_of(ATTENTION), one_of(LOADERS)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -31,9 +44,9 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    flag(p, "loader", default="auto", help="auto | dali | torch")
+    flag(p, "loader", default="auto", help=LOADER_HELP)
     flag(p, "num-workers", type=int, default=None)
-    flag(p, "device", default="auto", help="auto | cuda | cpu")
-    flag(p, "precision", default=None, help="bf16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    flag(p, "attn", default="auto", help="auto | flash | sdpa | math")
+    flag(p, "device", default="auto", help=DEVICE_HELP)
+    flag(p, "precision", default=None, help=PRECISION_HELP)
+    flag(p, "attn", default="auto", help=ATTN_HELP)
     flag(p, "seed", type=int, default=0)
