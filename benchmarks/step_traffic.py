@@ -25,6 +25,7 @@ import fastmae  # noqa: E402
 from fastmae.perf import traffic  # noqa: E402
 from fastmae.perf.flops import named_config, train_flops_per_image  # noqa: E402
 from fastmae.reference import create_reference  # noqa: E402
+from fastmae.settings import PRECISIONS  # noqa: E402
 
 NOTE = "estimated from byte and FLOP counts, not measured on a GPU"
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--measure-batches", type=int, nargs=2, default=(2, 3),
                    help="two small batches actually run; every cost is linear in the batch")
     p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--precision", default="bf16", choices=[v for v in PRECISIONS if v != "auto"])
     p.add_argument("--norm-pix-loss", action="store_true")
     p.add_argument("--kernels", default="triton", help="fastmae ops (triton: the GPU's kernels)")
     p.add_argument("--contenders", default="fastmae,reference")

@@ -21,6 +21,8 @@ from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..settings import amp_dtype
+
 aten = torch.ops.aten
 
 
@@ -170,7 +172,7 @@ def record_step(model: torch.nn.Module, optimizer, imgs: torch.Tensor, loss_fn,
     """The ops of one steady-state training step. `loss_fn(model, imgs) -> loss`; the
     forward runs under the CUDA autocast policy of `precision`, backward and the optimizer
     outside it. A first, unrecorded step creates the optimizer state, as in a real run."""
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp = amp_dtype(precision)
 
     def step():
         if amp is None:
