@@ -2,16 +2,18 @@
 and loss curves, written as PNG files.
 
 Uses matplotlib's object API (Figure + Agg canvas), never pyplot, so a library call
-changes no global plotting state and needs no display."""
+changes no global plotting state and needs no display. matplotlib is optional and imported
+only when a picture is drawn: without it each picture is skipped with a PictureSkipped
+warning (the save_* functions return None) and everything else runs."""
 import math
+import warnings
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from . import ops
 from .files import atomic_save_file
+from .settings import BackendUnavailable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,8 +22,47 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _NORM_PIX_EPS = 1e-6
 
 
-def _save(fig: Figure, path) -> Path:
+class PictureSkipped(UserWarning):
+    """A picture was not drawn because matplotlib cannot be imported here."""
+
+
+def matplotlib_missing() -> str | None:
+    """None when matplotlib imports here, else why not, in a few words."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed"
+    except Exception as e:  # a broken install: say what it raised
+        return f"matplotlib does not import ({type(e).__name__}: {e})"
+    return None
+
+
+def skip_picture(path, why: str, stacklevel: int = 3) -> None:
+    """The one warning line for a picture that is not drawn."""
+    warnings.warn(f"picture {path} skipped: {why} (pip install matplotlib)", PictureSkipped,
+                  stacklevel=stacklevel)
+
+
+def require_matplotlib(what: str) -> None:
+    """For a command whose only output is a picture: one clear error instead of a skip."""
+    why = matplotlib_missing()
+    if why:
+        raise BackendUnavailable(f"{what} draws with matplotlib, but {why} (pip install matplotlib)")
+
+
+def _figure(path, **kw):
+    """A new matplotlib Figure, or None (with a PictureSkipped warning) without matplotlib."""
+    why = matplotlib_missing()
+    if why:
+        skip_picture(path, why, stacklevel=4)
+        return None
+    from matplotlib.figure import Figure
+    return Figure(**kw)
+
+
+def _save(fig, path) -> Path:
     """Write the figure to path atomically (a half-written PNG never replaces a good one)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(fig)
     return atomic_save_file(lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi), path)
 
@@ -71,18 +112,20 @@ def reconstruct(model, imgs: torch.Tensor, mask_ratio: float = 0.75, seed: int =
 
 
 def save_reconstructions(model, imgs: torch.Tensor, path, mask_ratio: float = 0.75, seed: int = 0,
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Path:
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Path | None:
     """PNG with one row per image: original | masked | reconstruction | reconstruction with
     the visible patches pasted back. imgs: (B, C, H, W) normalised with mean/std."""
     if imgs.ndim != 4 or imgs.shape[0] == 0:
         raise ValueError(f"imgs must be a non-empty (B, C, H, W) batch, got shape {tuple(imgs.shape)}")
-    masked, rec, pasted = reconstruct(model, imgs, mask_ratio, seed)
     c = imgs.shape[1]
     m, s = _channel_stats(mean, c, "mean"), _channel_stats(std, c, "std")
+    rows = imgs.shape[0]
+    fig = _figure(path, figsize=(4 * 2.2, rows * 2.2), dpi=100)
+    if fig is None:
+        return None
+    masked, rec, pasted = reconstruct(model, imgs, mask_ratio, seed)
     columns = [("original", imgs.detach().float().cpu()), (f"masked {mask_ratio:.0%}", masked),
                ("reconstruction", rec), ("reconstruction + visible", pasted)]
-    rows = imgs.shape[0]
-    fig = Figure(figsize=(4 * 2.2, rows * 2.2), dpi=100)
     for col, (title, batch) in enumerate(columns):
         batch = (batch * s + m).clamp(0, 1)
         for row in range(rows):
@@ -100,14 +143,16 @@ def save_reconstructions(model, imgs: torch.Tensor, path, mask_ratio: float = 0.
     return _save(fig, path)
 
 
-def save_confusion_matrix(cm, classes, path, title: str = "confusion matrix") -> Path:
+def save_confusion_matrix(cm, classes, path, title: str = "confusion matrix") -> Path | None:
     """cm[i, j] = number of samples of true class i predicted as class j."""
     cm = torch.as_tensor(cm).cpu()
     n = len(classes)
     if cm.shape != (n, n):
         raise ValueError(f"confusion matrix of shape {tuple(cm.shape)} does not fit {n} classes")
     size = max(4.0, 0.45 * n + 2)
-    fig = Figure(figsize=(size, size), dpi=100)
+    fig = _figure(path, figsize=(size, size), dpi=100)
+    if fig is None:
+        return None
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(cm.numpy(), cmap="Blues", interpolation="nearest")
     ax.set_xticks(range(n))
@@ -132,16 +177,19 @@ def save_confusion_matrix(cm, classes, path, title: str = "confusion matrix") ->
 
 
 def save_curves(series: dict, path, xlabel: str = "step", ylabel: str = "loss",
-                title: str = "") -> Path:
+                title: str = "") -> Path | None:
     """series: name -> (xs, ys). One line per series on shared axes."""
     if not series:
         raise ValueError("save_curves needs at least one series")
-    fig = Figure(figsize=(6, 4), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
+    series = {name: (list(xs), list(ys)) for name, (xs, ys) in series.items()}
     for name, (xs, ys) in series.items():
-        xs, ys = list(xs), list(ys)
         if len(xs) != len(ys):
             raise ValueError(f"series {name!r} has {len(xs)} x values and {len(ys)} y values")
+    fig = _figure(path, figsize=(6, 4), dpi=100)
+    if fig is None:
+        return None
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (xs, ys) in series.items():
         finite = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(float(y))]
         if finite:
             ax.plot([x for x, _ in finite], [y for _, y in finite], label=str(name))

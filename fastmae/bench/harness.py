@@ -43,7 +43,6 @@ class BenchConfig:
     contenders: tuple = cont.NAMES
     kernels: str = "auto"
     attn: str = "auto"
-    compile: bool = False
     device: str = "auto"
     norm_pix_loss: bool = False
     max_batch: bool = False
@@ -82,8 +81,8 @@ def check(cfg: BenchConfig) -> tuple[torch.device, cont.Setup]:
         raise ConfigError("--max-batch searches the largest batch that fits in GPU memory; "
                           "it needs a CUDA device (this run is on CPU)")
     setup = cont.Setup(cfg.model, cfg.img_size, cfg.mask_ratio, resolve_precision(cfg.precision, device),
-                       device, cfg.norm_pix_loss, cfg.kernels, cfg.attn, cfg.compile, cfg.seed)
-    if "fastmae" in cfg.contenders:
+                       device, cfg.norm_pix_loss, cfg.kernels, cfg.attn, cfg.seed)
+    if any(n.startswith("fastmae") for n in cfg.contenders):
         cont.check_backends(setup)
     return device, setup
 
@@ -170,7 +169,7 @@ def make_batches(cfg: BenchConfig, name: str, device: torch.device):
     if cfg.data is None:
         return SyntheticBatches(cfg.batch_size, cfg.img_size, device)
     # The fast pipeline reads with the chosen loader; the baselines with the torchvision one.
-    backend = cfg.loader if name == "fastmae" else "torch"
+    backend = cfg.loader if name.startswith("fastmae") else "torch"
     return LoaderBatches(cfg.data, backend, cfg.batch_size, cfg.img_size, device, cfg.seed)
 
 
@@ -392,9 +391,10 @@ def run(cfg: BenchConfig, log=_log) -> dict:
             "model_tflops": tflops,
             "mfu": tflops / peak if peak else None,
             "attn_backend": c.attn_backend,
-            "kernels": (ran if name == "fastmae" and ran != "none" else c.kernels),
+            "attn": dict(c.attn),  # what each module runs, resolved (auto: measured on CUDA)
+            "kernels": (ran if name.startswith("fastmae") and ran != "none" else c.kernels),
             "kernel_calls": calls,
-            "compile": bool(cfg.compile and name == "fastmae"),
+            "compile": c.compile,
             "input": batches[name].kind,
             "params_m": sum(p.numel() for p in c.model.parameters()) / 1e6,
             "final_loss": loss if loss is not None and math.isfinite(loss) else None,
@@ -415,9 +415,12 @@ def run(cfg: BenchConfig, log=_log) -> dict:
             "model_config": {k: list(v) if isinstance(v, tuple) else v for k, v in model_cfg.items()},
             "flops_per_img": flops_per_img, "forward_flops_per_img": fl,
             "peak_tflops": peak, "peak_tflops_source": peak_source,
+            "mfu_basis": (f"model FLOPs per step (3 x the counted forward) per second over the {peak_source} "
+                          f"{setup.precision} peak of {peak} TFLOP/s" if peak else
+                          "no MFU: no known peak for this device (give --peak-tflops)"),
             "measured_matmul_tflops": matmul_tflops,
             "optimizer": ("AdamW(lr=1.5e-4, betas=(0.9, 0.95), wd=0.05 except biases, norms, tokens "
-                          "and position embeddings, fused on CUDA)"),
+                          "and position embeddings, fused kernel on CUDA and CPU)"),
             "timer": "cuda events" if device.type == "cuda" else "time.perf_counter",
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),

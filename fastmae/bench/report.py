@@ -19,7 +19,7 @@ def table(res: dict) -> str:
     for r in res["results"]:
         s = r["step_ms_spread"]
         rows.append((
-            r["name"] + (" (compiled)" if r.get("compile") else ""),
+            r["name"],
             _fmt(r["img_per_s"], ".1f"),
             _fmt(r["step_ms"], ".2f"),
             f"{s['p25']:.2f}-{s['p75']:.2f}",
@@ -38,8 +38,10 @@ def table(res: dict) -> str:
                 "cpu_rss_peak_delta": "peak MB: CPU RSS peak delta during the timed steps (not the weights)",
                 None: "peak MB: not measurable here"}[mem])
     out.append(f"{cfg['flops_per_img'] / 1e9:.2f} GFLOP per image per step (3 x forward); MFU against "
-               + (f"{cfg['peak_tflops']} TFLOP/s ({cfg['peak_tflops_source']})" if cfg["peak_tflops"]
+               + (f"the {cfg['peak_tflops_source']} peak, {cfg['peak_tflops']} TFLOP/s" if cfg["peak_tflops"]
                   else "no known peak (give --peak-tflops)"))
+    out.append("attention per module (encoder/decoder): " + ", ".join(
+        f"{r['name']} {r['attn']['encoder']}/{r['attn']['decoder']}" for r in res["results"] if "attn" in r))
     for r in res["results"]:
         if "max_batch" in r:
             out.append(f"largest batch that fits: {r['name']} {r['max_batch']}")
@@ -67,11 +69,12 @@ def plot(res: dict, path: str) -> str | None:
     import matplotlib.pyplot as plt
 
     rows = res["results"]
-    names = [r["name"] + (" (compiled)" if r.get("compile") else "") for r in rows]
+    names = [r["name"] for r in rows]
     ips = [r["img_per_s"] for r in rows]
     lo = [r["img_per_s"] - r["img_per_s_spread"]["p75"] for r in rows]  # slower quartile
     hi = [r["img_per_s_spread"]["p25"] - r["img_per_s"] for r in rows]
-    colors = {"fastmae": "#2a7ab0", "reference": "#8c8c8c", "hf": "#e08a2c"}
+    colors = {"fastmae": "#2a7ab0", "fastmae-compiled": "#1b5e8a", "fastmae-compiled-blocks": "#5fa3cf",
+              "reference": "#8c8c8c", "hf": "#e08a2c"}
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(rows) + 2), 4.2), dpi=120)
     bars = ax.bar(names, ips, yerr=[lo, hi], capsize=4,
                   color=[colors.get(r["name"], "#555") for r in rows])

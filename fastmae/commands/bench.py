@@ -6,10 +6,10 @@ import sys
 import torch
 
 from ..bench import report
-from ..bench.contenders import NAMES, hf_available
+from ..bench.contenders import NAMES, default_names, hf_available
 from ..bench.harness import BenchConfig, run as run_bench
 from ..models.registry import CONFIGS
-from ..settings import ATTENTION, KERNELS, LOADERS, PRECISIONS, ConfigError
+from ..settings import ATTENTION, KERNELS, LOADERS, PRECISIONS, ConfigError, resolve_device
 from .flags import DEVICE_HELP
 
 HELP = ("Time the MAE pretraining step (forward + backward + AdamW) of fastmae, the plain "
@@ -32,11 +32,10 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per contender first (default 3)")
     p.add_argument("--rounds", type=int, default=3, help="round-robin rounds over the contenders (default 3)")
     p.add_argument("--contenders", default=None,
-                   help=f"comma-separated, from {','.join(NAMES)} (default: all three; hf only "
-                        "when transformers is installed)")
+                   help=f"comma-separated, from {','.join(NAMES)} (default: all; the compiled ones on "
+                        "CUDA only, hf only when transformers is installed)")
     p.add_argument("--kernels", default="auto", choices=KERNELS, help="fastmae ops: Triton or torch")
     p.add_argument("--attn", default="auto", choices=ATTENTION, help="fastmae attention backend")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fastmae model")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
@@ -72,8 +71,7 @@ def command_line(args) -> str:
              "--attn", args.attn, "--device", args.device, "--seed", str(args.seed)]
     if args.threads is not None:
         parts += ["--threads", str(args.threads)]
-    for flag, on in (("--compile", args.compile), ("--norm-pix-loss", args.norm_pix_loss),
-                     ("--max-batch", args.max_batch)):
+    for flag, on in (("--norm-pix-loss", args.norm_pix_loss), ("--max-batch", args.max_batch)):
         if on:
             parts.append(flag)
     for flag, value in (("--peak-tflops", args.peak_tflops), ("--data", args.data),
@@ -89,15 +87,15 @@ def run(args) -> int:
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot", PLOT_FORMATS)
     if args.contenders is None:
-        names = [n for n in NAMES if n != "hf" or hf_available()]
-        if "hf" not in names:
+        names = default_names(resolve_device(args.device))
+        if not hf_available():
             print("fastmae bench: leaving out contender hf: transformers is not installed", file=sys.stderr)
         args.contenders = ",".join(names)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     cfg = BenchConfig(model=args.model, batch_size=args.batch_size, img_size=args.img_size,
                       mask_ratio=args.mask_ratio, precision=args.precision, steps=args.steps,
                       warmup=args.warmup, rounds=args.rounds, contenders=tuple(names),
-                      kernels=args.kernels, attn=args.attn, compile=args.compile, device=args.device,
+                      kernels=args.kernels, attn=args.attn, device=args.device,
                       norm_pix_loss=args.norm_pix_loss, max_batch=args.max_batch, data=args.data,
                       loader=args.loader, peak_tflops=args.peak_tflops, seed=args.seed)
     if args.threads is not None and args.threads < 1:
