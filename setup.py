@@ -1,6 +1,7 @@
 from setuptools import find_packages, setup
 
 DALI = "nvidia-dali-cuda130"
+ONNX = ["onnx", "onnxruntime", "onnxscript"]
 
 setup(
     name="fastmae",
@@ -28,7 +29,8 @@ setup(
         "dali": [DALI],
         "flash": ["flash-attn"],
         "hf": ["transformers"],
-        "dev": ["pytest", "pytest-benchmark", "transformers", "timm", "safetensors", DALI],
+        "onnx": ONNX,
+        "dev": ["pytest", "pytest-benchmark", "transformers", "timm", "safetensors", DALI, *ONNX],
     },
     entry_points={"console_scripts": ["fastmae = fastmae.cli:main"]},
 )

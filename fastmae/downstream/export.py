@@ -2,6 +2,8 @@
 timm     encoder .safetensors that timm's VisionTransformer loads (all but head.*);
 hf       transformers ViTMAEForPreTraining: a save_pretrained folder, or one .safetensors;
 official {'model': state_dict} .pth, as facebookresearch/mae saves and loads.
+A fine-tuned classifier (finetune / linprobe checkpoint) goes to export_classifier: timm,
+hf, onnx or pt2 with its head, pooling, class names and evaluation transform.
 An existing --out is only replaced with force=True."""
 import json
 from pathlib import Path
@@ -9,11 +11,15 @@ from pathlib import Path
 import torch
 
 from .. import interop
-from ..settings import ConfigError
+from ..settings import CheckpointError, ConfigError
 from ..files import atomic_save_dir, atomic_save_file, check_new
+from .export_classifier import FORMATS as CLASSIFIER_FORMATS
+from .export_classifier import export_classifier
 from .pretrained import load_mae
+from .trained import load_trained, read_raw
 
-FORMATS = ("timm", "hf", "official")
+PRETRAINED_FORMATS = ("timm", "hf", "official")
+FORMATS = PRETRAINED_FORMATS + tuple(f for f in CLASSIFIER_FORMATS if f not in PRETRAINED_FORMATS)
 
 
 def _plain(cfg: dict) -> str:
@@ -26,9 +32,21 @@ def _save_safetensors(sd: dict, out: Path, metadata: dict) -> None:
     atomic_save_file(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), out)
 
 
-def export(checkpoint, fmt: str, out, *, force: bool = False, global_pool: str = "token") -> dict:
+def export(checkpoint, fmt: str, out, *, force: bool = False, global_pool: str = "token",
+           onnx_exporter: str = "auto") -> dict:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if read_raw(checkpoint) is not None:
+        if fmt not in CLASSIFIER_FORMATS:
+            raise CheckpointError(f"{checkpoint} is a fine-tuned classifier; --format {fmt} holds "
+                                  "pretraining weights (a classifier exports as "
+                                  f"{', '.join(CLASSIFIER_FORMATS)})")
+        return export_classifier(load_trained(checkpoint, attn="auto"), fmt, out, force=force,
+                                 exporter=onnx_exporter)
+    if fmt not in PRETRAINED_FORMATS:
+        raise CheckpointError(f"{checkpoint} is not a fine-tuned classifier: --format {fmt} exports the "
+                              "checkpoints of `fastmae finetune` / `fastmae linprobe` (a pretrained MAE "
+                              "exports as timm, hf or official)")
     out = Path(out).expanduser()
     hf_dir = fmt == "hf" and out.suffix != ".safetensors"
     check_new(out, force, "folder" if hf_dir else "output")
