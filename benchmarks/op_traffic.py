@@ -56,3 +56,23 @@ def loss_bytes(B: int, L: int, K: int, patch_values: int, pred_bytes: int, img_b
     fwd = removed * (pred_bytes + img_bytes) + B * L * mask_bytes + B * L * patch_values * pred_bytes
     bwd = 2 * B * L * patch_values * pred_bytes
     return fwd + bwd
+
+
+def add_layer_norm_bytes(M: int, N: int, x_bytes: int, res_bytes: int, out_bytes: int,
+                         param_bytes: int = 4) -> int:
+    """Forward + backward of y = LayerNorm(x + residual) over M rows of N. Forward reads x,
+    residual and the parameters, writes y, the new residual and two fp32 statistics per
+    row; backward reads the new residual, the statistics, dy and the new residual's
+    gradient and writes the gradient of x and, when its dtype differs, of the residual
+    (the parameters' partial sums are negligible)."""
+    h_bytes = max(x_bytes, res_bytes)
+    fwd = M * N * (x_bytes + res_bytes + out_bytes + h_bytes) + 2 * N * param_bytes + 8 * M
+    grads = x_bytes + (res_bytes if res_bytes != x_bytes else 0)
+    bwd = M * N * (h_bytes + out_bytes + h_bytes + grads) + 8 * M + N * param_bytes
+    return fwd + bwd
+
+
+def bias_gelu_bytes(M: int, N: int, x_bytes: int, bias_bytes: int = 4) -> int:
+    """Forward + backward of gelu(x + bias): forward reads x, writes the output; backward
+    reads x and the output gradient, writes the gradient of x."""
+    return 5 * M * N * x_bytes + 2 * N * bias_bytes

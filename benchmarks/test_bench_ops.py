@@ -2,8 +2,8 @@
 
     pytest benchmarks/ --benchmark-only [--benchmark-json ops.json]
 
-On CUDA: ViT-B/16 sizes (B=256, L=196, K=49, p=16, decoder D=512) in bf16 as under
-autocast; each benchmark also stores in extra_info the CUDA-event median time
+On CUDA: ViT-B/16 sizes (B=256, L=196, K=49, p=16, decoder D=512; encoder width 768
+and MLP 3072 for the LayerNorm and bias+GELU) in bf16 as under autocast; each benchmark also stores in extra_info the CUDA-event median time
 (triton.testing.do_bench), the minimum bytes the op must move, the achieved GB/s and its
 fraction of the datasheet HBM bandwidth and of a measured device copy. Without CUDA:
 small sizes, torch path only (CPU numbers, labelled as such by the device field)."""
@@ -11,16 +11,18 @@ import pytest
 import torch
 
 from fastmae.bench.harness import device_name
-from fastmae.ops import gather_visible_patches, masked_pixel_loss, unshuffle_with_mask_token
-from op_traffic import gather_bytes, loss_bytes, spec_hbm_gbps, unshuffle_bytes
+from fastmae.ops import (add_layer_norm, bias_gelu, gather_visible_patches, masked_pixel_loss,
+                         unshuffle_with_mask_token)
+from op_traffic import (add_layer_norm_bytes, bias_gelu_bytes, gather_bytes, loss_bytes,
+                        spec_hbm_gbps, unshuffle_bytes)
 
 IMPLS = ["triton", "torch"]
 
 
 def sizes(device):
     if device.type == "cuda":
-        return dict(B=256, img=224, p=16, C=3, D=512, keep=49, dtype=torch.bfloat16)
-    return dict(B=8, img=64, p=16, C=3, D=64, keep=4, dtype=torch.float32)
+        return dict(B=256, img=224, p=16, C=3, D=512, keep=49, width=768, dtype=torch.bfloat16)
+    return dict(B=8, img=64, p=16, C=3, D=64, keep=4, width=64, dtype=torch.float32)
 
 
 def run(benchmark, fn, device, bytes_moved, info, copy_gbps):
@@ -102,3 +104,41 @@ def test_bench_loss(benchmark, device, impl_ready, copy_gbps, impl, norm_pix_los
     run(benchmark, fn, device, nbytes,
         dict(impl=impl, shape=[B, L, K, p * p * C], dtype=str(s["dtype"]),
              norm_pix_loss=norm_pix_loss), copy_gbps)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bench_add_layer_norm(benchmark, device, impl_ready, copy_gbps, impl):
+    # An encoder block's norm2: the bf16 attention output added to the fp32 residual stream.
+    impl_ready(impl)
+    s = sizes(device)
+    M, N = s["B"] * (1 + s["keep"]), s["width"]
+    x = torch.randn(M, N, device=device).to(s["dtype"]).requires_grad_()
+    res = torch.randn(M, N, device=device, requires_grad=True)
+    w = torch.randn(N, device=device, requires_grad=True)
+    b = torch.randn(N, device=device, requires_grad=True)
+    gy, gh = torch.randn(M, N, device=device).to(s["dtype"]), torch.randn(M, N, device=device)
+    benchmark.group = "add_layer_norm (forward + backward)"
+
+    def fn():
+        with torch.autocast(device.type, dtype=s["dtype"], enabled=s["dtype"] != torch.float32):
+            y, h = add_layer_norm(x, res, w, b, 1e-6, kernels=impl)
+        return torch.autograd.grad((y, h), (x, res, w, b), (gy.to(y.dtype), gh))
+    nbytes = add_layer_norm_bytes(M, N, x.element_size(), res.element_size(), gy.element_size())
+    run(benchmark, fn, device, nbytes, dict(impl=impl, shape=[M, N], dtype=str(s["dtype"])), copy_gbps)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bench_bias_gelu(benchmark, device, impl_ready, copy_gbps, impl):
+    # An encoder block's fc1 output (MLP width 4x) with its fp32 bias.
+    impl_ready(impl)
+    s = sizes(device)
+    M, N = s["B"] * (1 + s["keep"]), 4 * s["width"]
+    x = torch.randn(M, N, device=device).to(s["dtype"]).requires_grad_()
+    bias = torch.randn(N, device=device, requires_grad=True)
+    g = torch.randn(M, N, device=device).to(s["dtype"])
+    benchmark.group = "bias_gelu (forward + backward)"
+
+    def fn():
+        return torch.autograd.grad(bias_gelu(x, bias, kernels=impl), (x, bias), g)
+    run(benchmark, fn, device, bias_gelu_bytes(M, N, x.element_size()),
+        dict(impl=impl, shape=[M, N], dtype=str(s["dtype"])), copy_gbps)

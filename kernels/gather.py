@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import guard
+
 MAX_BLOCK = 2048
 
 
@@ -63,10 +65,11 @@ def gather_fwd(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int,
         return out
     block = min(triton.next_power_of_2(P), MAX_BLOCK)
     grid = (B * K, triton.cdiv(P, block))
-    _gather_fwd_kernel[grid](
-        imgs, ids_keep, out,
-        *imgs.stride(), *ids_keep.stride(),
-        K, L, grid_w, C, P,
-        PATCH=p, BLOCK=block,
-    )
+    with guard(imgs):
+        _gather_fwd_kernel[grid](
+            imgs, ids_keep, out,
+            *imgs.stride(), *ids_keep.stride(),
+            K, L, grid_w, C, P,
+            PATCH=p, BLOCK=block,
+        )
     return out

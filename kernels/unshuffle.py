@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import guard
+
 MAX_BLOCK_D = 1024
 TILE = 4096  # elements per tile
 MAX_STEPS = 8  # backward: row tiles per program
@@ -124,13 +126,14 @@ def unshuffle_fwd(x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.
         return out
     rows, block_d = _tiling(L, D)
     grid = (B, triton.cdiv(L + 1, rows), triton.cdiv(D, block_d))
-    _unshuffle_fwd_kernel[grid](
-        x, mask_token, ids_restore, pos_embed, out,
-        *x.stride(), mask_token.stride(-1), *ids_restore.stride(),
-        pos_embed.stride(-2), pos_embed.stride(-1),
-        K1 - 1, L, D,
-        ROWS=rows, BLOCK_D=block_d,
-    )
+    with guard(x):
+        _unshuffle_fwd_kernel[grid](
+            x, mask_token, ids_restore, pos_embed, out,
+            *x.stride(), mask_token.stride(-1), *ids_restore.stride(),
+            pos_embed.stride(-2), pos_embed.stride(-1),
+            K1 - 1, L, D,
+            ROWS=rows, BLOCK_D=block_d,
+        )
     return out
 
 
@@ -153,11 +156,12 @@ def unshuffle_bwd(grad_out: torch.Tensor, ids_restore: torch.Tensor, num_visible
                           device=grad_out.device)
     if grad_out.numel():
         grid = (B, n_rblk, triton.cdiv(D, block_d))
-        _unshuffle_bwd_kernel[grid](
-            grad_out, ids_restore, grad_x, partial,
-            *grad_out.stride(), *ids_restore.stride(),
-            K, L, D, n_rblk,
-            ROWS=rows, STEPS=steps, BLOCK_D=block_d, MASK_GRAD=mask_grad,
-        )
+        with guard(grad_out):
+            _unshuffle_bwd_kernel[grid](
+                grad_out, ids_restore, grad_x, partial,
+                *grad_out.stride(), *ids_restore.stride(),
+                K, L, D, n_rblk,
+                ROWS=rows, STEPS=steps, BLOCK_D=block_d, MASK_GRAD=mask_grad,
+            )
     grad_mask = partial.sum(0) if mask_grad else None
     return grad_x, grad_mask

@@ -80,8 +80,8 @@ class Recorder:
 
 
 def kernel_modules():
-    from fastmae.kernels import gather, loss, unshuffle
-    return [gather, unshuffle, loss]
+    from fastmae.kernels import bias_gelu, gather, layer_norm, loss, unshuffle
+    return [gather, unshuffle, loss, layer_norm, bias_gelu]
 
 
 def kernel_files():
@@ -112,9 +112,10 @@ def recording(backend, specs, case):
 
 
 def vit(patch_size, norm_pix_loss=False):
-    """ViT-B's geometry at the kernels (224 px, 512-wide decoder) on a one-block model."""
+    """ViT-B's geometry at the kernels (224 px, 768-wide encoder with a 3072-wide MLP,
+    512-wide decoder) on a one-block model."""
     from fastmae.models.mae import MaskedAutoencoderViT
-    return MaskedAutoencoderViT(img_size=224, patch_size=patch_size, embed_dim=64, depth=1, num_heads=2,
+    return MaskedAutoencoderViT(img_size=224, patch_size=patch_size, embed_dim=768, depth=1, num_heads=12,
                                 decoder_embed_dim=512, decoder_depth=1, decoder_num_heads=16,
                                 norm_pix_loss=norm_pix_loss)
 
@@ -152,6 +153,13 @@ def op_calls(patch_size, dtype):
     mask = (torch.rand(2, L) < 0.75).float()
     for norm_pix in (False, True):
         ops.masked_pixel_loss(pred, imgs, mask, p, norm_pix).backward()
+    # LayerNorm without a residual and without a bias (the model always has both)
+    h = torch.randn(2, K + 1, 768, dtype=dtype, requires_grad=True)
+    y, _ = ops.add_layer_norm(h, None, torch.randn(768, dtype=dtype, requires_grad=True), None)
+    y.backward(torch.randn_like(y))
+    z = torch.randn(2, K + 1, 3072, dtype=dtype, requires_grad=True)
+    out = ops.bias_gelu(z, torch.randn(3072, dtype=dtype, requires_grad=True))
+    out.backward(torch.randn_like(out))
 
 
 def cases(which):

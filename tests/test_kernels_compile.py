@@ -16,7 +16,7 @@ import pytest
 import torch
 import triton
 
-from fastmae.kernels import gather, loss, unshuffle
+from fastmae.kernels import bias_gelu, gather, layer_norm, loss, unshuffle
 from tests import kernel_compile_worker as worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,8 @@ ARCH = 90  # H100
 
 def kernels_here():
     """The @triton.jit kernels of fastmae.kernels, as this (interpreting) process sees them."""
-    return sorted(name for module in (gather, unshuffle, loss) for name, obj in vars(module).items()
+    return sorted(name for module in (gather, unshuffle, loss, layer_norm, bias_gelu)
+                  for name, obj in vars(module).items()
                   if isinstance(obj, triton.runtime.KernelInterface))
 
 
@@ -97,9 +98,26 @@ def test_vit_b16_bf16_step_compiles_every_kernel(default_report):
     (ub,) = specs(default_report, "_unshuffle_bwd_kernel")
     assert ub["signature"]["gx_ptr"] == "*bf16" and ub["constexprs"]["MASK_GRAD"] is True
     (lo,) = specs(default_report, "_masked_pixel_loss_fwd_kernel")
-    assert (lo["signature"]["pred_ptr"], lo["signature"]["grad_ptr"]) == ("*bf16", "*bf16")
+    # the unscaled gradient g = 2 m (pred - t) is kept in fp32 (fp16-safe under loss scaling)
+    assert (lo["signature"]["pred_ptr"], lo["signature"]["grad_ptr"]) == ("*bf16", "*fp32")
     assert {k: lo["constexprs"][k] for k in ("C", "PATCH", "BLOCK", "WRITE_GRAD")} == \
         {"C": 3, "PATCH": 16, "BLOCK": 1024, "WRITE_GRAD": True}
+    (lb,) = specs(default_report, "_masked_pixel_loss_bwd_kernel")
+    assert (lb["signature"]["g_ptr"], lb["signature"]["out_ptr"]) == ("*fp32", "*bf16")
+    # LayerNorm: the bf16 branch output added to the fp32 residual stream, y written in bf16,
+    # at the encoder's 768 and the decoder's 512 features
+    ln = specs(default_report, "_add_layer_norm_fwd_kernel")
+    fused = {(r["constexprs"]["BLOCK_N"], r["signature"]["x_ptr"], r["signature"]["res_ptr"],
+              r["signature"]["y_ptr"]) for r in ln if r["constexprs"]["HAS_RESIDUAL"]}
+    assert {(1024, "*bf16", "*fp32", "*bf16"), (512, "*bf16", "*fp32", "*bf16")} <= fused
+    lnb = specs(default_report, "_add_layer_norm_bwd_kernel")
+    assert any(r["constexprs"]["STORE_DR"] and r["signature"]["dx_ptr"] == "*bf16"
+               and r["signature"]["dr_ptr"] == "*fp32" for r in lnb)
+    # bias + GELU on the fc1 matmul output: bf16 activations, the fp32 bias parameter
+    (bg,) = [r for r in specs(default_report, "_bias_gelu_fwd_kernel") if r["constexprs"]["BLOCK_N"] == 1024
+             and r["signature"]["x_ptr"] == "*bf16" and "N" in r["divisible_by_16"]][:1]
+    assert bg["signature"]["b_ptr"] == "*fp32"
+    assert specs(default_report, "_bias_gelu_bwd_kernel")
 
 
 def test_a_kernel_only_the_interpreter_accepts_fails_to_compile(default_report):
@@ -135,3 +153,10 @@ def test_every_launch_configuration_compiles(full_report):
     assert seen("_masked_pixel_loss_fwd_kernel", "pred_ptr", "PATCH", "NORM_PIX") >= {
         (d, p, n) for d in dtypes for p in (16, 14) for n in (False, True)}
     assert {w for (w,) in seen("_masked_pixel_loss_fwd_kernel", "WRITE_GRAD")} == {True, False}
+    assert {o for (o,) in seen("_masked_pixel_loss_bwd_kernel", "out_ptr")} == dtypes
+    assert {x for (x,) in seen("_add_layer_norm_fwd_kernel", "x_ptr")} == dtypes
+    assert seen("_add_layer_norm_fwd_kernel", "HAS_RESIDUAL", "HAS_BIAS") >= {
+        (True, True), (False, True), (False, False)}
+    assert {s for (s,) in seen("_add_layer_norm_bwd_kernel", "STORE_DR")} == {True, False}
+    assert {x for (x,) in seen("_bias_gelu_fwd_kernel", "x_ptr")} == dtypes
+    assert {x for (x,) in seen("_bias_gelu_bwd_kernel", "dx_ptr")} == dtypes

@@ -79,14 +79,62 @@ def test_low_precision_error_within_twice_torch(dtype, norm):
 def test_grad_buffer_fully_written_and_backward_scales_it():
     pred, imgs, mask = make_inputs(2, 3, 8, 12, 4)
     buf = torch.full(pred.shape, float("nan"))
-    loss, grad = loss_kernels.masked_pixel_loss_fwd(pred.detach(), imgs, mask, 4, True, grad=buf)
-    assert grad is buf and not torch.isnan(buf).any()
+    loss, g, denom = loss_kernels.masked_pixel_loss_fwd(pred.detach(), imgs, mask, 4, True, grad=buf)
+    assert g is buf and not torch.isnan(buf).any()
     t_loss, t_grad = loss_and_grad(masked_pixel_loss_torch, pred, imgs, mask, 4, True)
-    torch.testing.assert_close(buf, t_grad, rtol=1e-5, atol=1e-8)
+    # the forward writes the unscaled 2 m (pred - t); the full gradient is that / (P * denom)
+    assert denom.item() == mask.sum().item()
+    torch.testing.assert_close(buf / (48 * denom), t_grad, rtol=1e-5, atol=1e-8)
+    out = torch.full(pred.shape, float("nan"))
+    out = loss_kernels.masked_pixel_loss_bwd(buf, torch.tensor(2.0), denom, torch.float32)
+    torch.testing.assert_close(out, 2.0 * t_grad, rtol=1e-5, atol=1e-8)
     # backward multiplies by the incoming gradient
     leaf = pred.detach().requires_grad_()
     (3.5 * masked_pixel_loss(leaf, imgs, mask, 4, True, kernels="triton")).backward()
     torch.testing.assert_close(leaf.grad, 3.5 * t_grad, rtol=1e-5, atol=1e-8)
+
+
+def fp16_ulp(t: torch.Tensor) -> torch.Tensor:
+    """The spacing of fp16 numbers at each |t| (11 significant bits; subnormal spacing 2**-24)."""
+    _, exponent = torch.frexp(t.double().abs().clamp(min=2.0**-14))
+    return torch.ldexp(torch.ones_like(t, dtype=torch.float64), exponent - 11)
+
+
+@pytest.mark.parametrize("denom", [3072.0, 37632.0])  # 3/4 of 16 and of 256 ViT-B/16 images
+def test_fp16_backward_at_realistic_denominators_and_a_65536_loss_scale(denom):
+    # The full gradient 2 m (pred - t) / (P * denom) is ~1e-7 here: a subnormal in fp16.
+    # The kernel keeps g = 2 m (pred - t) in fp32 and applies GradScaler's 65536 and
+    # 1/(P * denom) in fp32 before its one rounding: within 1 fp16 ulp of the exact value.
+    P, scale = 768, 65536.0
+    g = torch.randn(3, 5, P) * 2.0
+    g[0, 1] = 0.0  # a visible patch
+    out = torch.full(g.shape, float("nan"), dtype=torch.float16)
+    out = loss_kernels.masked_pixel_loss_bwd(g, torch.tensor(scale), torch.tensor([denom]), torch.float16)
+    exact = g.double() * scale / (P * denom)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert torch.all(out[0, 1] == 0) and (out[g != 0] != 0).all()
+    assert bool(((out.double() - exact).abs() <= fp16_ulp(exact)).all())
+    # The old scheme, the full gradient rounded to fp16 before the scale, fails this:
+    old = (g.double() / (P * denom)).half().double() * scale
+    assert not bool(((old - exact).abs() <= fp16_ulp(exact)).all())
+
+
+@pytest.mark.slow
+def test_fp16_loss_gradient_with_thousands_of_masked_patches():
+    # End to end: 2 images of 2x32x32 in 1x1 patches, 3/4 removed = 1,536 masked patches,
+    # GradScaler's 65536 on the loss; the fp16 gradient vs fp64, as good as torch's fp32 path.
+    B, C, H, W, p, scale = 2, 2, 32, 32, 1, 65536.0
+    pred, imgs, mask = make_inputs(B, C, H, W, p, torch.float16)
+    assert mask.sum().item() == 1536
+    leaf = pred.detach().requires_grad_()
+    (masked_pixel_loss(leaf, imgs, mask, p, True, kernels="triton") * scale).backward()
+    t_leaf = pred.detach().requires_grad_()
+    (masked_pixel_loss_torch(t_leaf, imgs, mask, p, True) * scale).backward()
+    _, r_grad = loss_and_grad(reference_loss, pred.double(), imgs, mask, p, True)
+    assert leaf.grad.dtype == torch.float16 and torch.isfinite(leaf.grad).all()
+    removed = mask.bool()
+    assert (leaf.grad[removed] != 0).all() and torch.all(leaf.grad[~removed] == 0)
+    assert_low_precision_close(leaf.grad, t_leaf.grad, r_grad * scale, 1e-6, "scaled fp16 grad")
 
 
 def test_fractional_bool_and_empty_masks():
@@ -115,7 +163,7 @@ def test_strided_pred_and_no_grad_path():
     loss = masked_pixel_loss(pred, imgs, mask, p, True, kernels="triton")  # no grad needed
     assert not loss.requires_grad
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-7)
-    _, grad = loss_kernels.masked_pixel_loss_fwd(pred, imgs, mask, p, True, write_grad=False)
+    _, grad, _ = loss_kernels.masked_pixel_loss_fwd(pred, imgs, mask, p, True, write_grad=False)
     assert grad is None
     with torch.no_grad():  # evaluation of a leaf that requires grad: nothing to write
         loss = masked_pixel_loss(pred.clone().requires_grad_(), imgs, mask, p, True, kernels="triton")

@@ -86,19 +86,23 @@ class MaskedAutoencoderViT(nn.Module):
     def attn_backend(self) -> str:
         return self.blocks[0].attn.backend if len(self.blocks) else "none"
 
-    def backends(self, device, dtype: torch.dtype) -> dict:
-        """What will run for activations of `dtype` on `device`: the attention backend of the
-        encoder and decoder and the op implementation. Raises BackendUnavailable up front if
-        a backend asked for by name cannot run there."""
-        def attn_of(blocks):
+    def backends(self, device, dtype: torch.dtype, mask_ratio: float = 0.75, batch: int = 64) -> dict:
+        """What will run for activations of `dtype` on `device` at this mask ratio: the
+        attention backend of the encoder and decoder (auto on CUDA times the candidates at
+        these sequence lengths now, so none is timed mid-run) and the op implementation.
+        Raises BackendUnavailable up front if a backend asked for by name cannot run there."""
+        keep = int(self.num_patches * (1 - mask_ratio))
+
+        def attn_of(blocks, seq_len):
             if not len(blocks):
                 return "none"
             a = blocks[0].attn
             probe = torch.empty(1, 1, a.qkv.out_features, device=device, dtype=dtype)
-            return attn_backends.resolve(a.backend, probe, a.num_heads)
+            return attn_backends.resolve(a.backend, probe, a.num_heads, seq_len=seq_len, batch=batch)
 
         probe = torch.empty(0, device=device)
-        return {"attn": attn_of(self.blocks), "decoder_attn": attn_of(self.decoder_blocks),
+        return {"attn": attn_of(self.blocks, 1 + keep),
+                "decoder_attn": attn_of(self.decoder_blocks, 1 + self.num_patches),
                 "kernels": dispatch.resolve(self.kernels, probe)}
 
     def set_attn_backend(self, name: str) -> None:

@@ -1,8 +1,18 @@
 """ViT building blocks with timm's parameter names (so official and timm weights load
-by name): PatchEmbed.proj, Block.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}."""
+by name): PatchEmbed.proj, Block.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}.
+
+The residual stream runs split, as (hidden, residual) with stream = residual + hidden:
+each residual add happens inside the LayerNorm after it (ops.add_layer_norm), the last
+one inside the final norm (run_blocks), and fc1's bias and GELU run as one op
+(ops.bias_gelu). With kernels="torch" the same code runs plain torch ops, in the same
+order as the official blocks."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from .. import ops
+from ..ops import dispatch
+from ..settings import check_choice
 from . import attention as attn_backends
 
 
@@ -50,7 +60,10 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernels: str = "auto") -> torch.Tensor:
+        if self.fc1.bias is not None and dispatch.resolve(kernels, x) == "triton":
+            # fc1 as a bare matmul, then bias + GELU in one pass that saves only its input.
+            return self.fc2(ops.bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias, "triton"))
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -69,19 +82,44 @@ class DropPath(nn.Module):
         return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
 
 
+def add_norm(norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor | None, kernels: str):
+    """(norm(x + residual), x + residual), the add fused into the norm."""
+    return ops.add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps, kernels)
+
+
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
-                 attn: str = "auto", drop_path: float = 0.0):
+                 attn: str = "auto", drop_path: float = 0.0, kernels: str = "auto"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, attn)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
+        self.kernels = check_choice("kernels", kernels)  # for blk(x); run_blocks passes its own
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        """timm's block: x + attn(norm1(x)), then + mlp(norm2(.))."""
+        hidden, residual = self.forward_split(x, None, self.kernels)
+        return residual + hidden
+
+    def forward_split(self, hidden: torch.Tensor, residual: torch.Tensor | None, kernels: str):
+        """One block on the split stream residual + hidden (residual None: the stream is
+        hidden). Returns the stream after the block, split as (this block's MLP branch,
+        the stream before it). DropPath scales each branch before its add, as in timm."""
+        y, residual = add_norm(self.norm1, hidden, residual, kernels)
+        y, residual = add_norm(self.norm2, self.drop_path(self.attn(y)), residual, kernels)
+        return self.drop_path(self.mlp(y, kernels)), residual
+
+
+def run_blocks(blocks, x: torch.Tensor, norm: nn.LayerNorm, kernels: str) -> torch.Tensor:
+    """norm(blocks(x)) with every residual add fused into the LayerNorm that follows it.
+    Under autocast the output is in the autocast dtype with the Triton kernels (no fp32
+    copy) and in fp32 with kernels="torch" (nn.LayerNorm's autocast rule)."""
+    hidden, residual = x, None
+    for blk in blocks:
+        hidden, residual = blk.forward_split(hidden, residual, kernels)
+    return add_norm(norm, hidden, residual, kernels)[0]
 
 
 def init_weights(module: nn.Module) -> None:

@@ -13,13 +13,26 @@ def gather_visible_patches_torch(imgs: torch.Tensor, ids_keep: torch.Tensor, pat
     return torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
 
 
+@torch.library.custom_op("fastmae::gather_visible_patches", mutates_args=())
+def _gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int) -> torch.Tensor:
+    from ..kernels import gather
+    return gather.gather_fwd(imgs, ids_keep, patch_size)
+
+
+@_gather_op.register_fake
+def _(imgs, ids_keep, patch_size):
+    B, C = imgs.shape[:2]
+    return imgs.new_empty((B, ids_keep.shape[1], patch_size * patch_size * C))
+
+
 def check_indices(ids: torch.Tensor, batch: int, num_patches: int, name: str) -> None:
-    """Shape, dtype and (on CPU, where it costs no device sync) range of an index tensor."""
+    """Shape, dtype and (on CPU, where it costs no device sync, and not while torch.compile
+    traces) range of an index tensor."""
     if ids.ndim != 2 or ids.shape[0] != batch:
         raise ValueError(f"{name} must be (B, K) with B={batch}, got {tuple(ids.shape)}")
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name} must be an int64 or int32 tensor, got {ids.dtype}")
-    if not ids.is_cuda and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_patches):
+    if dispatch.reads_values(ids) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_patches):
         raise ValueError(f"{name} holds patch indices outside [0, {num_patches}): "
                          f"min {int(ids.min())}, max {int(ids.max())}")
 
@@ -37,6 +50,5 @@ def gather_visible_patches(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_siz
     impl = dispatch.resolve(kernels, imgs)
     dispatch.record(OP, impl)
     if impl == "triton":
-        from ..kernels import gather
-        return gather.gather_fwd(imgs.detach(), ids_keep, patch_size)
+        return _gather_op(imgs.detach(), ids_keep, patch_size)
     return gather_visible_patches_torch(imgs.detach(), ids_keep, patch_size)

@@ -19,23 +19,49 @@ def masked_pixel_loss_torch(pred, imgs, mask, patch_size, norm_pix_loss):
     return (loss * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-class MaskedPixelLoss(torch.autograd.Function):
-    """The kernel writes d loss / d pred during the forward pass; backward only scales it.
-    No gradient flows to the images or the mask (data, not parameters)."""
-
-    @staticmethod
-    def forward(ctx, pred, imgs, mask, patch_size, norm_pix_loss, write_grad):
-        from ..kernels import loss as loss_kernels
-        loss, grad = loss_kernels.masked_pixel_loss_fwd(pred, imgs, mask, patch_size, norm_pix_loss,
+@torch.library.custom_op("fastmae::masked_pixel_loss", mutates_args=())
+def _fwd_op(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor, patch_size: int,
+            norm_pix_loss: bool, write_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (loss, g = 2 m (pred - t) in fp32 or an empty tensor, denom): the kernel writes
+    the unscaled gradient during the forward pass, so backward is one scale."""
+    from ..kernels import loss as loss_kernels
+    loss, g, denom = loss_kernels.masked_pixel_loss_fwd(pred, imgs, mask, patch_size, norm_pix_loss,
                                                         write_grad=write_grad)
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        return loss
+    return loss, (g if g is not None else pred.new_empty(0, dtype=torch.float32)), denom
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype), None, None, None, None, None
+
+@_fwd_op.register_fake
+def _(pred, imgs, mask, patch_size, norm_pix_loss, write_grad):
+    g = pred.new_empty(pred.shape if write_grad else (0,), dtype=torch.float32)
+    return pred.new_empty((), dtype=torch.float32), g, pred.new_empty((1,), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastmae::masked_pixel_loss_backward", mutates_args=())
+def _bwd_op(g: torch.Tensor, grad_output: torch.Tensor, denom: torch.Tensor,
+            dtype: torch.dtype) -> torch.Tensor:
+    from ..kernels import loss as loss_kernels
+    return loss_kernels.masked_pixel_loss_bwd(g, grad_output, denom, dtype)
+
+
+@_bwd_op.register_fake
+def _(g, grad_output, denom, dtype):
+    return g.new_empty(g.shape, dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    _loss, g, denom = output
+    ctx.save_for_backward(g, denom)
+    ctx.pred_dtype = inputs[0].dtype
+
+
+def _backward(ctx, grad_output, _dg, _ddenom):
+    """No gradient flows to the images or the mask (data, not parameters). grad_output
+    (the loss scale under GradScaler) stays in its own dtype: the kernel applies it in fp32."""
+    g, denom = ctx.saved_tensors
+    return _bwd_op(g, grad_output, denom, ctx.pred_dtype), None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def masked_pixel_loss(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor, patch_size: int,
@@ -63,6 +89,8 @@ def masked_pixel_loss(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor
     if impl == "triton":
         # The gradient is written only when backward can be asked for.
         write_grad = pred.requires_grad and torch.is_grad_enabled()
-        return MaskedPixelLoss.apply(pred, imgs.detach(), mask.detach(), patch_size,
-                                     bool(norm_pix_loss), write_grad)
+        mask = mask if mask.is_floating_point() else mask.float()
+        loss, _g, _denom = _fwd_op(pred, imgs.detach(), mask.detach(), patch_size,
+                                   bool(norm_pix_loss), write_grad)
+        return loss
     return masked_pixel_loss_torch(pred, imgs, mask, patch_size, norm_pix_loss)

@@ -15,34 +15,62 @@ def unshuffle_with_mask_token_torch(x, mask_token, ids_restore, pos_embed):
     return torch.cat([x[:, :1], tokens], dim=1) + pos_embed
 
 
-class UnshuffleWithMaskToken(torch.autograd.Function):
-    """Triton forward and backward; grad of pos_embed (a batch sum) only when it is asked for."""
+@torch.library.custom_op("fastmae::unshuffle_with_mask_token", mutates_args=())
+def _fwd_op(x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor,
+            pos_embed: torch.Tensor) -> torch.Tensor:
+    from ..kernels import unshuffle
+    return unshuffle.unshuffle_fwd(x, mask_token, ids_restore, pos_embed)
 
-    @staticmethod
-    def forward(ctx, x, mask_token, ids_restore, pos_embed):
-        from ..kernels import unshuffle
-        ctx.save_for_backward(ids_restore)
-        ctx.num_visible = x.shape[1] - 1
-        ctx.x_dtype, ctx.mask_dtype, ctx.pos_dtype = x.dtype, mask_token.dtype, pos_embed.dtype
-        return unshuffle.unshuffle_fwd(x, mask_token, ids_restore, pos_embed)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        from ..kernels import unshuffle
-        (ids_restore,) = ctx.saved_tensors
-        need_x, need_mask, _, need_pos = ctx.needs_input_grad
-        grad_x, grad_mask = unshuffle.unshuffle_bwd(grad_out, ids_restore, ctx.num_visible,
-                                                    ctx.x_dtype, mask_grad=need_mask)
-        if grad_mask is not None:
-            grad_mask = grad_mask.to(ctx.mask_dtype).view(1, 1, -1)
-        grad_pos = grad_out.sum(0, keepdim=True).to(ctx.pos_dtype) if need_pos else None
-        return (grad_x if need_x else None), grad_mask, None, grad_pos
+@_fwd_op.register_fake
+def _(x, mask_token, ids_restore, pos_embed):
+    B, _, D = x.shape
+    return x.new_empty((B, ids_restore.shape[1] + 1, D),
+                       dtype=torch.promote_types(x.dtype, pos_embed.dtype))
+
+
+@torch.library.custom_op("fastmae::unshuffle_with_mask_token_backward", mutates_args=())
+def _bwd_op(grad_out: torch.Tensor, ids_restore: torch.Tensor, num_visible: int,
+            x_dtype: torch.dtype, mask_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (grad of x, grad of the mask token (D,) in fp32, or an empty tensor)."""
+    from ..kernels import unshuffle
+    grad_x, grad_mask = unshuffle.unshuffle_bwd(grad_out, ids_restore, num_visible, x_dtype,
+                                                mask_grad=mask_grad)
+    return grad_x, (grad_mask if grad_mask is not None else grad_out.new_empty(0, dtype=torch.float32))
+
+
+@_bwd_op.register_fake
+def _(grad_out, ids_restore, num_visible, x_dtype, mask_grad):
+    B, _, D = grad_out.shape
+    grad_mask = grad_out.new_empty((D,) if mask_grad else (0,), dtype=torch.float32)
+    return grad_out.new_empty((B, num_visible + 1, D), dtype=x_dtype), grad_mask
+
+
+def _setup_context(ctx, inputs, output):
+    x, mask_token, ids_restore, pos_embed = inputs
+    ctx.save_for_backward(ids_restore)
+    ctx.num_visible = x.shape[1] - 1
+    ctx.x_dtype, ctx.mask_dtype, ctx.pos_dtype = x.dtype, mask_token.dtype, pos_embed.dtype
+
+
+def _backward(ctx, grad_out):
+    """Triton backward; grad of pos_embed (a batch sum) only when it is asked for."""
+    (ids_restore,) = ctx.saved_tensors
+    need_x, need_mask, _, need_pos = ctx.needs_input_grad
+    grad_x, grad_mask = _bwd_op(grad_out, ids_restore, ctx.num_visible, ctx.x_dtype, need_mask)
+    grad_mask = grad_mask.to(ctx.mask_dtype).view(1, 1, -1) if need_mask else None
+    grad_pos = grad_out.sum(0, keepdim=True).to(ctx.pos_dtype) if need_pos else None
+    return (grad_x if need_x else None), grad_mask, None, grad_pos
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_permutation(ids_restore: torch.Tensor) -> None:
     """ids_restore must be a per-row permutation of 0..L-1 (checked on CPU, where it
-    costs no device sync; on CUDA argsort output is trusted)."""
-    if ids_restore.is_cuda or ids_restore.numel() == 0:
+    costs no device sync, and not while torch.compile traces; on CUDA argsort output is
+    trusted)."""
+    if not dispatch.reads_values(ids_restore) or ids_restore.numel() == 0:
         return
     L = ids_restore.shape[1]
     expected = torch.arange(L, device=ids_restore.device).expand_as(ids_restore)
@@ -75,5 +103,5 @@ def unshuffle_with_mask_token(x: torch.Tensor, mask_token: torch.Tensor, ids_res
     impl = dispatch.resolve(kernels, x)
     dispatch.record(OP, impl)
     if impl == "triton":
-        return UnshuffleWithMaskToken.apply(x, mask_token, ids_restore, pos_embed)
+        return _fwd_op(x, mask_token, ids_restore, pos_embed)
     return unshuffle_with_mask_token_torch(x, mask_token, ids_restore, pos_embed)
