@@ -8,15 +8,25 @@ NCHW batch. The graph has no random operator, so a batch does not depend on what
 it: resuming mid-epoch reproduces the uninterrupted run, and both backends crop the same
 windows.
 
+On the CPU, a JPEG whose window is at least twice the output size is not decoded by DALI:
+its header gives the window, then Pillow decodes it at the smallest DCT scale that keeps the
+window >= the output size (reduced.py), in a thread pool, while DALI decodes the rest. DALI's
+decoders have no scaled decode, and Pillow's 1/2-1/8 decode plus resize measured faster than
+DALI's full-resolution ROI decode alone (benchmarks/bench_data.py, docs/data.md).
+
 A new pipeline is built for every iter_from() (builds take milliseconds)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
+from PIL import Image
 
 from ..settings import DataError
 from .base import Loader
 from .images import BadImage, decoded_size, load_image
+from .reduced import Opened, eval_reduced, jpeg_scale, window_reduced
 from .transforms import (eval_resize, mean_std, normalize_uint8, random_crop_flip, resize_shorter_centre_crop,
                          resize_uint8, sample_generator)
 
@@ -38,6 +48,33 @@ def _pnm(img) -> bytes:
     return header + img.tobytes()
 
 
+# what DALI decodes in the place of a sample Pillow decodes at reduced scale: a black 8x8 PPM
+_PLACEHOLDER = np.frombuffer(b"P6\n8 8\n255\n" + bytes(8 * 8 * 3), dtype=np.uint8)
+
+
+def _is_jpeg(data) -> bool:
+    return bytes(data[:3]) == b"\xff\xd8\xff"
+
+
+def pillow_sample(data, window, flip: bool, img_size: int, in_chans: int) -> torch.Tensor:
+    """One sample decoded by Pillow, as (C, s, s) uint8: training, the window (top, left,
+    h, w) resized and flipped; evaluation (window None), resize + centre crop. A JPEG is
+    decoded at the smallest DCT scale the output allows. Runs on pool threads (Pillow
+    releases the GIL). BadImage if the file cannot be decoded."""
+    s = img_size
+    with Opened(data) as src:
+        if window is None:
+            d = jpeg_scale(*src.size, eval_resize(s)) if src.reducible else 1
+            img = eval_reduced(src, d, eval_resize(s), s, in_chans)
+        else:
+            d = jpeg_scale(window[3], window[2], s) if src.reducible else 1
+            img = window_reduced(src, window, d, (s, s), in_chans)
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    a = np.array(img)
+    return torch.from_numpy(a if a.ndim == 3 else a[..., None]).permute(2, 0, 1)
+
+
 class _Feeder:
     """external_source callback: batch i of the plan as a list of encoded images, and for
     training also each image's crop start (x, y), crop shape (w, h) and flip (0/1)."""
@@ -45,23 +82,43 @@ class _Feeder:
     def __init__(self, loader: "DaliLoader", plan, epoch: int):
         self.loader, self.plan, self.epoch = loader, plan, epoch
         self.fed = {}  # iteration -> sample indices actually fed (after substitution)
+        self.pending = {}  # iteration -> {position in batch: future of pillow_sample}
+        self.pool = loader._reduce_pool()
 
     def __call__(self, i):
         if i >= len(self.plan):
             raise StopIteration
         loader = self.loader
         encoded, indices, starts, shapes, flips = [], [], [], [], []
+        pending = {}
+        s = loader.img_size
         for index in self.plan[i]:
             j, data, size = loader._read(index)
+            window, flip = None, False
+            if loader.train:
+                g = sample_generator(loader.seed, self.epoch, j)
+                window, flip = random_crop_flip(size[0], size[1], loader.scale, g)
+            if self.pool is not None and _is_jpeg(data):
+                if window is not None:
+                    d = jpeg_scale(window[3], window[2], s)
+                else:
+                    try:
+                        size = decoded_size(data)
+                    except BadImage:
+                        size = None  # DALI meets it, and _diagnose names it
+                    d = 1 if size is None else jpeg_scale(*size, eval_resize(s))
+                if d > 1:
+                    pending[len(encoded)] = self.pool.submit(pillow_sample, data, window, flip, s, loader.in_chans)
+                    data, window, flip = _PLACEHOLDER, (0, 0, 8, 8), False
             encoded.append(data)
             indices.append(j)
             if loader.train:
-                g = sample_generator(loader.seed, self.epoch, j)
-                (top, left, h, w), flip = random_crop_flip(size[0], size[1], loader.scale, g)
+                top, left, h, w = window
                 starts.append(np.array([left, top], dtype=np.int32))
                 shapes.append(np.array([w, h], dtype=np.int32))
                 flips.append(np.array(flip, dtype=np.int32))
         self.fed[i] = indices
+        self.pending[i] = pending
         return (encoded, starts, shapes, flips) if loader.train else encoded
 
 
@@ -78,6 +135,16 @@ class DaliLoader(Loader):
         mean, std = mean_std(in_chans)
         self._mean = [255.0 * m for m in mean]
         self._std = [255.0 * s for s in std]
+        self.reduced_decode = True  # CPU: JPEGs whose window allows it go to Pillow's scaled decode
+        self._pool = None
+
+    def _reduce_pool(self) -> ThreadPoolExecutor | None:
+        """The threads of the reduced-scale decodes (CPU only; the GPU decodes with nvJPEG)."""
+        if self.device.type != "cpu" or not self.reduced_decode:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="fastmae-decode")
+        return self._pool
 
     # -- reading -----------------------------------------------------------------------
     def _mark_bad(self, i: int, reason: str) -> None:
@@ -122,8 +189,9 @@ class DaliLoader(Loader):
 
     # -- pipeline ----------------------------------------------------------------------
     def _pipeline(self, feeder: _Feeder):
-        """On a GPU the whole chain runs in DALI: mixed decode of the crop window, cubic
-        resize, crop_mirror_normalize. On the CPU, DALI decodes the window (ROI decoding,
+        """On a GPU the whole chain runs in DALI: mixed decode of the crop window (nvJPEG
+        ROI decode, which reads only the window's rows and columns; nvJPEG has no DCT-scaled
+        decode, and this path is not measured on a GPU yet), cubic resize, crop_mirror_normalize. On the CPU, DALI decodes the window (ROI decoding,
         its threads) and the resize, flip and normalise run in torch: DALI's CPU resize
         measured slower than decoding itself, torch's vectorised uint8 antialiased bicubic
         is several times faster (benchmarks/bench_data.py compares the two)."""
@@ -176,22 +244,24 @@ class DaliLoader(Loader):
         feed_ndarray(out.as_tensor(), t, cuda_stream=torch.cuda.current_stream(self.device))
         return t
 
-    def _from_cpu_pipeline(self, outs) -> torch.Tensor:
+    def _from_cpu_pipeline(self, outs, pending, indices, epoch) -> torch.Tensor:
         """Decoded (cropped) HWC uint8 images -> resized, flipped, normalised NCHW float.
         One torch thread: these are small ops, and an intra-op pool that spins between
         them takes the cores DALI's decoder threads need (measured: 4x slower)."""
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self._finish_on_cpu(outs)
+            return self._finish_on_cpu(outs, pending, indices, epoch)
         finally:
             torch.set_num_threads(threads)
 
-    def _finish_on_cpu(self, outs) -> torch.Tensor:
+    def _finish_on_cpu(self, outs, pending, indices, epoch) -> torch.Tensor:
         crops = outs[0]
         n, s = len(crops), self.img_size
         batch = torch.empty((n, self.in_chans, s, s), dtype=torch.uint8)
         for i in range(n):
+            if i in pending:
+                continue
             img = torch.from_numpy(np.asarray(crops[i])).permute(2, 0, 1)[None]  # a channels-last view
             if self.train:
                 batch[i] = resize_uint8(img, (s, s))[0]
@@ -199,8 +269,32 @@ class DaliLoader(Loader):
                 batch[i] = resize_shorter_centre_crop(img, eval_resize(s), s)[0]
         if len(outs) > 1:
             flip = torch.from_numpy(np.asarray(outs[1].as_tensor())).reshape(-1).bool()
-            batch[flip] = batch[flip].flip(-1)
+            batch[flip] = batch[flip].flip(-1)  # pending samples were fed unflipped placeholders
+        for i, future in pending.items():
+            try:
+                batch[i] = future.result()
+            except BadImage as e:
+                batch[i] = self._replace(i, indices, epoch, str(e))
         return normalize_uint8(batch, self._mean, self._std)
+
+    def _replace(self, pos: int, indices: list[int], epoch: int, reason: str) -> torch.Tensor:
+        """A file whose header passed but whose reduced-scale decode failed: it is skipped
+        from now on, and the next usable sample (the rule _read follows) takes its place,
+        decoded by Pillow; indices[pos] is updated for the labels."""
+        self._mark_bad(indices[pos], reason)
+        n = len(self.samples)
+        for _ in range(MAX_SUBSTITUTES):
+            j, data, size = self._read((indices[pos] + 1) % n)
+            window, flip = None, False
+            if self.train:
+                window, flip = random_crop_flip(size[0], size[1], self.scale, sample_generator(self.seed, epoch, j))
+            indices[pos] = j
+            try:
+                return pillow_sample(data, window, flip, self.img_size, self.in_chans)
+            except BadImage as e:
+                self._mark_bad(j, str(e))
+        raise DataError(f"{MAX_SUBSTITUTES} image files in a row cannot be used, e.g. "
+                        f"{self.samples.paths[indices[pos]]}; run `fastmae data check` on the source")
 
     def iter_from(self, epoch: int, start_batch: int = 0):
         return self._generate(epoch, self.plan(epoch, start_batch))
@@ -223,8 +317,9 @@ class DaliLoader(Loader):
                     break
                 it = done - resumed_at
                 indices = feeder.fed.pop(it)
+                pending = feeder.pending.pop(it)
                 gpu = self.device.type == "cuda"
-                imgs = self._from_gpu_pipeline(outs) if gpu else self._from_cpu_pipeline(outs)
+                imgs = self._from_gpu_pipeline(outs) if gpu else self._from_cpu_pipeline(outs, pending, indices, epoch)
                 labels = None
                 if self.with_labels:
                     labels = torch.tensor([self.samples.labels[i] for i in indices], dtype=torch.int64)

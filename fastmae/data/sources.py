@@ -12,6 +12,9 @@ import torch
 from ..settings import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# a prepared copy (prepare.py): its manifest, and its file list when the source was a list
+PREPARED_MANIFEST = "fastmae-prepared.json"
+PREPARED_LIST = "fastmae-prepared.txt"
 
 
 @dataclass
@@ -143,6 +146,8 @@ def scan(source) -> Samples:
     if not path.exists():
         raise DataError(f"data source {path} does not exist")
     if path.is_dir():
+        if (path / PREPARED_LIST).is_file() and (path / PREPARED_MANIFEST).is_file():
+            return _scan_list(path / PREPARED_LIST)  # the prepared copy of a file list
         return _scan_folder(path)
     if is_image_name(path.name):
         raise DataError(f"data source {path} is a single image; give a folder or a file list")

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..settings import DataError
 from .base import Loader
-from .images import BadImage, load_image
+from .images import BadImage
 from .transforms import sample_generator
 
 MAX_SUBSTITUTES = 32  # a bad file is replaced by the next index; give up after this many in a row
@@ -33,14 +33,14 @@ class _SampleDataset(Dataset):
         skipped = []
         for k in range(min(n, MAX_SUBSTITUTES)):
             i = (index + k) % n
+            g = sample_generator(self.seed, epoch, i)
             try:
-                img = load_image(self.paths[i], self.in_chans)
+                x = self.transform.from_file(self.paths[i], self.in_chans, g)
             except BadImage as e:
                 skipped.append((self.paths[i], str(e)))
                 continue
-            g = sample_generator(self.seed, epoch, i)
             label = -1 if self.labels is None else self.labels[i]
-            return self.transform(img, g), label, skipped
+            return x, label, skipped
         raise DataError(f"{len(skipped)} image files in a row cannot be decoded, e.g. "
                         f"{skipped[0][0]} ({skipped[0][1]}); run `fastmae data check` on the source")
 
@@ -79,6 +79,16 @@ class TorchLoader(Loader):
             batch_sampler=self._sampler, num_workers=num_workers, collate_fn=_collate,
             pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None)
+
+    @property
+    def reduced_decode(self) -> bool:
+        """Decode JPEGs at the DCT scale the crop needs (default). Worker processes keep the
+        value they started with: set it before the first iteration."""
+        return self._dl.dataset.transform.reduced
+
+    @reduced_decode.setter
+    def reduced_decode(self, on: bool) -> None:
+        self._dl.dataset.transform.reduced = bool(on)
 
     def iter_from(self, epoch: int, start_batch: int = 0):
         self._sampler.batches = [[(epoch, i) for i in batch] for batch in self.plan(epoch, start_batch)]

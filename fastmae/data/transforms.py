@@ -9,6 +9,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from .images import load_image
+from .reduced import Opened, eval_reduced, jpeg_scale, oriented_reduced, window_reduced
 from .sources import sample_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -72,31 +74,69 @@ class TrainTransform:
     """RandomResizedCrop(img_size, scale, ratio 3/4-4/3, bicubic) + RandomHorizontalFlip +
     ToTensor + Normalize, the transform of MAE's main_pretrain.py."""
 
+    reduced = True  # from_file decodes a JPEG only at the scale its crop needs (reduced.py)
+
     def __init__(self, img_size: int, scale, in_chans: int = 3):
         self.size = (img_size, img_size)
         self.scale = tuple(scale)
         self.mean, self.std = mean_std(in_chans)
 
     def __call__(self, img, g: torch.Generator) -> torch.Tensor:
-        (i, j, h, w), flip = random_crop_flip(img.width, img.height, self.scale, g)
-        img = TF.resized_crop(img, i, j, h, w, self.size, InterpolationMode.BICUBIC, antialias=True)
+        window, flip = random_crop_flip(img.width, img.height, self.scale, g)
+        return self._crop(img, window, flip)
+
+    def _crop(self, img, window, flip: bool) -> torch.Tensor:
+        img = TF.resized_crop(img, *window, self.size, InterpolationMode.BICUBIC, antialias=True)
+        return self._finish(img, flip)
+
+    def _finish(self, img, flip: bool) -> torch.Tensor:
         if flip:
             img = TF.hflip(img)
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
 
+    def from_file(self, path: str, in_chans: int, g: torch.Generator) -> torch.Tensor:
+        """__call__ on the image file at `path`: the window is drawn from the header, then a
+        JPEG is decoded at the smallest DCT scale that keeps the window >= img_size. The
+        same draws as __call__ on the full decode. BadImage if the file cannot be used."""
+        with Opened(path) as src:
+            if self.reduced and src.reducible:
+                window, flip = random_crop_flip(*src.size, self.scale, g)
+                d = jpeg_scale(window[3], window[2], self.size[0])
+                if d > 1:
+                    return self._finish(window_reduced(src, window, d, self.size, in_chans), flip)
+                return self._crop(oriented_reduced(src, 1, in_chans), window, flip)  # = load_image
+        return self(load_image(path, in_chans), g)
+
 
 class EvalTransform:
     """Resize shorter side to img_size / 0.875 (bicubic) + CenterCrop + ToTensor + Normalize."""
+
+    reduced = True  # from_file decodes a JPEG only at the scale the resize needs
 
     def __init__(self, img_size: int, in_chans: int = 3):
         self.img_size = img_size
         self.resize = eval_resize(img_size)
         self.mean, self.std = mean_std(in_chans)
 
+    def describe(self) -> dict:
+        """What a consumer of a trained model needs to redo this transform (timm, HF, ONNX)."""
+        return {"img_size": self.img_size, "resize": self.resize, "crop_pct": EVAL_CROP_PCT,
+                "interpolation": "bicubic", "mean": list(self.mean), "std": list(self.std)}
+
     def __call__(self, img, g: torch.Generator | None = None) -> torch.Tensor:
         img = TF.resize(img, self.resize, InterpolationMode.BICUBIC, antialias=True)
         img = TF.center_crop(img, [self.img_size, self.img_size])
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+    def from_file(self, path: str, in_chans: int, g: torch.Generator | None = None) -> torch.Tensor:
+        """__call__ on the image file at `path`, a JPEG decoded at the smallest DCT scale
+        that keeps its shorter side >= the resize. BadImage if the file cannot be used."""
+        with Opened(path) as src:
+            d = jpeg_scale(*src.size, self.resize) if self.reduced and src.reducible else 1
+            if d > 1:
+                img = eval_reduced(src, d, self.resize, self.img_size, in_chans)
+                return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+        return self(load_image(path, in_chans))
 
 
 # -- batched tensor ops (the DALI backend's CPU path) ----------------------------------

@@ -1,0 +1,217 @@
+"""Reduced-size JPEG decoding (fastmae/data/reduced.py): the DCT scale picked at the edges,
+the full decode kept where it must be (small windows, tiny images, PNG and other formats),
+EXIF orientations mapped right, the output's distance from the full decode on real photos,
+and exact resume with both backends."""
+import glob
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+import fastmae.data.reduced as reduced_mod
+from fastmae.data import classification_loader, dali_available, pretrain_loader
+from fastmae.data.images import BadImage, decode, load_image
+from fastmae.data.reduced import Opened, jpeg_scale, window_reduced
+from fastmae.data.transforms import EvalTransform, TrainTransform, mean_std, random_crop_flip, sample_generator
+
+PHOTOS = sorted(glob.glob("/work/shared/data/imagenet-sample/*.JPEG"))
+needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
+BACKENDS = ["torch", pytest.param("dali", marks=needs_dali)]
+# the tolerance the two backends are held to against each other (test_data_dali_resume.py):
+# mean |difference| of the normalised batches
+BACKEND_TOLERANCE = 0.03
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_cache):
+    return tmp_cache
+
+
+def _rng():
+    return np.random.default_rng(np.random.randint(2**31))
+
+
+def _smooth(rng, w, h) -> Image.Image:
+    low = rng.integers(0, 256, (max(1, h // 16), max(1, w // 16), 3), dtype=np.uint8)
+    return Image.fromarray(low).resize((w, h), Image.BICUBIC)
+
+
+def _jpeg(img, orientation=None, quality=92) -> bytes:
+    buf = io.BytesIO()
+    kw = {"quality": quality}
+    if orientation is not None:
+        ex = Image.Exif()
+        ex[0x0112] = orientation
+        kw["exif"] = ex.tobytes()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _psnr(a, b) -> float:
+    mse = float(((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture
+def scales(monkeypatch):
+    """The DCT scales the decodes of this test used, in order."""
+    used = []
+    real = reduced_mod.Opened.decode_stored
+
+    def spy(self, d, in_chans):
+        used.append(d)
+        return real(self, d, in_chans)
+
+    monkeypatch.setattr(reduced_mod.Opened, "decode_stored", spy)
+    return used
+
+
+@pytest.mark.parametrize("w,h,need,d", [
+    (224, 224, 224, 1), (447, 1000, 224, 1), (448, 448, 224, 2), (895, 5000, 224, 2), (896, 896, 224, 4),
+    (1791, 1800, 224, 4), (1792, 1792, 224, 4), (9000, 9000, 224, 4), (100, 80, 224, 1), (8, 8, 224, 1),
+    (64, 64, 8, 4), (31, 64, 8, 2), (15, 16, 8, 1)])
+def test_scale_is_the_largest_that_keeps_the_window_at_least_the_output(w, h, need, d):
+    assert jpeg_scale(w, h, need) == d
+    assert min(w, h) // d >= need or d == 1  # never below the output size
+    # 1/8 (DC only, an 8x8 box average) is left out: see reduced.SCALES
+    assert jpeg_scale(w, h, need, scales=(8, 4, 2)) == (8 if min(w, h) >= 8 * need else d)
+
+
+def test_train_crop_picks_the_scale_of_its_window_and_full_decode_for_small_ones(tmp_path, scales):
+    rng = _rng()
+    path = tmp_path / "big.jpg"
+    path.write_bytes(_jpeg(_smooth(rng, 1200, 900)))
+    t = TrainTransform(64, (0.2, 1.0))
+    for index in range(6):
+        x = t.from_file(str(path), 3, sample_generator(0, 0, index))
+        (top, left, h, w), _ = random_crop_flip(1200, 900, (0.2, 1.0), sample_generator(0, 0, index))
+        assert scales[-1] == jpeg_scale(w, h, 64) > 1
+        assert x.shape == (3, 64, 64) and torch.isfinite(x).all()
+    scales.clear()
+    t = TrainTransform(600, (0.2, 1.0))  # every window of this image is < 2 x 600: full decode
+    full = TrainTransform(600, (0.2, 1.0))
+    full.reduced = False
+    g1, g2 = sample_generator(0, 0, 3), sample_generator(0, 0, 3)
+    torch.testing.assert_close(t.from_file(str(path), 3, g1), full.from_file(str(path), 3, g2), rtol=0, atol=0)
+    assert set(scales) <= {1}  # no reduced-scale decode
+
+
+@pytest.mark.parametrize("fmt,size", [("PNG", (640, 520)), ("BMP", (640, 520)), ("JPEG", (40, 30))])
+def test_png_other_formats_and_tiny_images_take_the_full_decode(tmp_path, scales, fmt, size):
+    rng = _rng()
+    path = tmp_path / f"x.{fmt.lower()}"
+    _smooth(rng, *size).save(path, fmt)
+    for t in (TrainTransform(32, (0.2, 1.0)), EvalTransform(16)):  # a JPEG this size would take 1/8
+        for index in range(3):
+            got = t.from_file(str(path), 3, sample_generator(1, 2, index))
+            want = t(load_image(str(path)), sample_generator(1, 2, index))
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert set(scales) <= {1}  # no reduced-scale decode
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_maps_the_window_to_the_stored_pixels(orientation):
+    rng = _rng()
+    data = _jpeg(_smooth(rng, 960, 720), orientation)
+    full = decode(io.BytesIO(data), len(data))
+    window = (int(rng.integers(0, 100)), int(rng.integers(0, 100)), 430, 520)  # top, left, h, w (oriented)
+    ref = TF.resized_crop(full, *window, [96, 96], TF.InterpolationMode.BICUBIC, antialias=True)
+    with Opened(data) as src:
+        assert src.size == full.size and src.orientation == orientation
+        got = window_reduced(src, window, 4, (96, 96), 3)
+        src.orientation = 1  # the control: the same window taken from the unrotated pixels
+        if orientation != 1:
+            wrong = window_reduced(src, window, 4, (96, 96), 3) if full.size == src.img.size else None
+    assert _psnr(got, ref) > 38
+    if orientation != 1 and wrong is not None:
+        assert _psnr(wrong, ref) < 30
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Real photographs upscaled 4x (about 2000 x 1500), JPEG q90: large enough that most
+    windows decode at 1/4."""
+    if len(PHOTOS) < 4:
+        pytest.skip("the ImageNet sample photos are not available")
+    root = tmp_path_factory.mktemp("photos")
+    (root / "a").mkdir()
+    for p in PHOTOS[:: len(PHOTOS) // 4][:4]:
+        img = Image.open(p).convert("RGB")
+        img.resize((img.width * 4, img.height * 4), Image.BICUBIC).save(root / "a" / os.path.basename(p), quality=90)
+    return root
+
+
+def _batches(source, backend, reduced, train=True, **kw):
+    kw = dict(img_size=96, batch_size=2, backend=backend, device="cpu", num_workers=0 if backend == "torch" else 2,
+              seed=5, **kw)
+    loader = (pretrain_loader(source, **kw) if train else classification_loader(source, train=False, **kw))
+    loader.reduced_decode = reduced
+    return [b if train else b[0] for b in loader.iter_from(1)], loader
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("train", [True, False])
+def test_reduced_decode_of_real_photos_stays_within_the_backends_tolerance(photos, backend, train, scales):
+    reduced, _ = _batches(photos, backend, True, train)
+    assert scales and min(scales) >= 2  # these photos do take the reduced decode
+    full, _ = _batches(photos, backend, False, train)
+    _, std = mean_std(3)
+    std = torch.tensor(std).view(1, 3, 1, 1)
+    for a, b in zip(reduced, full):
+        assert (a - b).abs().mean() < BACKEND_TOLERANCE
+        for x, y in zip(a * std * 255, b * std * 255):  # back to 0-255 (the mean cancels)
+            assert _psnr(x.numpy(), y.numpy()) > 40  # measured 43-55 dB on these photos
+    assert not torch.equal(reduced[0], full[0])  # it is another decode, not the same one
+
+
+@needs_dali
+def test_both_backends_reduce_identically(photos):
+    dali, _ = _batches(photos, "dali", True)
+    tv, _ = _batches(photos, "torch", True)
+    for a, b in zip(dali, tv):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # the same Pillow decode and resize
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_with_reduced_decode_is_exact(photos, backend):
+    full, loader = _batches(photos, backend, True)
+    assert len(full) == 2
+    kw = dict(img_size=96, batch_size=2, backend=backend, device="cpu", seed=5,
+              num_workers=0 if backend == "torch" else 2)
+    tail = list(pretrain_loader(photos, **kw).iter_from(1, start_batch=1))
+    assert len(tail) == 1 and torch.equal(full[1], tail[0])
+    again = list(loader.iter_from(1))  # the same loader object, a second time
+    assert all(torch.equal(a, b) for a, b in zip(full, again))
+
+
+def _broken_jpeg(rng) -> bytes:
+    """A JPEG whose header and end marker are fine but whose first Huffman table is garbage:
+    only decoding finds it (libjpeg reads the tables when the decode starts)."""
+    data = _jpeg(_smooth(rng, 1200, 900))
+    i = data.index(b"\xff\xc4")
+    return data[:i + 5] + b"\xff" * 16 + data[i + 21:]
+
+
+def test_broken_jpeg_fails_the_reduced_decode():
+    with Opened(_broken_jpeg(_rng())) as src:
+        with pytest.raises(BadImage, match="cannot decode"):
+            window_reduced(src, (0, 0, 800, 800), 4, (64, 64), 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_file_only_the_reduced_decode_finds_bad_is_skipped(tmp_path, backend):
+    rng = _rng()
+    (tmp_path / "c").mkdir()
+    for i in range(3):
+        (tmp_path / "c" / f"{i}.jpg").write_bytes(_jpeg(_smooth(rng, 800, 600)))
+    (tmp_path / "c" / "3.jpg").write_bytes(_broken_jpeg(rng))
+    loader = pretrain_loader(tmp_path, img_size=64, batch_size=4, backend=backend, device="cpu", num_workers=0
+                             if backend == "torch" else 2, seed=0)
+    with pytest.warns(UserWarning, match="3.jpg"):
+        x = next(iter(loader))
+    assert x.shape == (4, 3, 64, 64) and torch.isfinite(x).all()
+    assert [os.path.basename(p) for p, _ in loader.skipped] == ["3.jpg"]
