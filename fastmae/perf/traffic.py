@@ -178,7 +178,10 @@ def record_step(model: torch.nn.Module, optimizer, imgs: torch.Tensor, loss_fn,
         if amp is None:
             loss = loss_fn(model, imgs)
         else:
-            with CudaAutocastPolicy(amp):
+            # The device's own autocast tells autocast-aware ops (fastmae's fused norm writes
+            # its output in the autocast dtype) that they run under autocast; the policy on
+            # top makes its casts CUDA's.
+            with torch.autocast(imgs.device.type, dtype=amp), CudaAutocastPolicy(amp):
                 loss = loss_fn(model, imgs)
         loss.backward()
         optimizer.step()
