@@ -6,16 +6,13 @@ once, deterministically, into $FASTMAE_CACHE/builtin-v1/{train,val}/<class>/."""
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..settings import DataError
-from .cache import cache_dir
+from .cache import generate_once
 
 VERSION = "builtin-v1"
 CLASSES = ("bar", "circle", "crescent", "cross", "ell", "frame", "ring", "square", "star", "triangle")
@@ -148,22 +145,13 @@ def _generate(root: Path) -> None:
 
 def builtin_dataset(split: str = "train") -> Path:
     """ImageFolder root of the built-in SYNTHETIC dataset's `split` ('train': 2000 images,
-    'val': 500), generated on first use (a few seconds) into $FASTMAE_CACHE/builtin-v1."""
+    'val': 500), generated on first use (a few seconds) into $FASTMAE_CACHE/builtin-v1.
+    builtin_dataset("inspection"): the root of the SYNTHETIC inspection dataset (MVTec AD
+    layout, fastmae/data/inspection.py)."""
+    if split == "inspection":
+        from .inspection import inspection_dataset
+        return inspection_dataset()
     if split not in SPLITS:
-        raise DataError(f"the built-in dataset has splits {', '.join(SPLITS)}, not {split!r}")
-    final = cache_dir() / VERSION
-    if not final.is_dir():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # Generate beside the final place and rename: a killed run never leaves half a dataset.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-", dir=final.parent))
-        try:
-            _generate(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():  # not another process finishing first
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final / split
+        raise DataError(f"the built-in dataset has splits {', '.join(SPLITS)} (or 'inspection'), "
+                        f"not {split!r}")
+    return generate_once(VERSION, _generate) / split

@@ -1,0 +1,42 @@
+"""`fastmae score`: per-image anomaly scores and heatmaps against a reference of good images."""
+import argparse
+
+HELP = "anomaly scores, heatmaps and an HTML report of new images against good reference images"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .flags import DEVICE_HELP, KERNELS_HELP, PRECISION_HELP, flag
+    flag(p, "checkpoint", required=True, help="pretrained MAE (any format fastmae reads)")
+    flag(p, "reference", required=True,
+         help="folder of good images (fit + calibrated now) or a reference .safetensors file")
+    flag(p, "data", required=True, help="folder of images to score (good/<defect> sub-folders and "
+                                        "a sibling ground_truth/ give AUROCs)")
+    flag(p, "out", "output-dir", required=True,
+         help="report folder: scores.csv, scores.json, heatmaps/, report.html")
+    flag(p, "save-reference", default=None, help="write the reference statistics to FILE.safetensors")
+    flag(p, "fpr", type=float, default=None,
+         help="false-positive rate the threshold is calibrated at (default 0.01, or the reference file's)")
+    flag(p, "rounds", type=int, default=2, help="complementary-mask rounds averaged (default 2)")
+    flag(p, "mask-ratio", type=float, default=0.75, help="mask ratio of the passes (default 0.75: 4 passes)")
+    flag(p, "components", default=None,
+         help="comma-separated score components (default recon,patch_novelty,novelty)")
+    flag(p, "calibration-fraction", type=float, default=0.5,
+         help="share of the reference folder held out for calibration (default 0.5)")
+    flag(p, "top", type=int, default=16,
+         help="heatmap pictures of the N most anomalous images (plus flagged)")
+    flag(p, "batch-size", type=int, default=32)
+    flag(p, "seed", type=int, default=0)
+    flag(p, "device", default="auto", help=DEVICE_HELP)
+    flag(p, "precision", default=None, help=PRECISION_HELP)
+    flag(p, "kernels", default="auto", help=KERNELS_HELP)
+
+
+def run(args) -> int:
+    from ..monitor.scoring import score_folder
+    comps = None if args.components is None else \
+        [c.strip() for c in args.components.split(",") if c.strip()]
+    score_folder(args.checkpoint, args.reference, args.data, args.out, save_reference=args.save_reference,
+                 fpr=args.fpr, rounds=args.rounds, mask_ratio=args.mask_ratio, seed=args.seed,
+                 device=args.device, precision=args.precision, batch_size=args.batch_size, kernels=args.kernels, top=args.top,
+                 calibration_fraction=args.calibration_fraction, components=comps)
+    return 0

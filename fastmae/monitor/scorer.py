@@ -1,0 +1,201 @@
+"""Scorer: per-image anomaly scores and per-pixel heatmaps from a pretrained MAE and a
+reference set of good images.
+
+Three components, each a question the model can answer about an image:
+- recon: the MAE cannot reconstruct what it never saw (complementary masks). Some normal
+  content is hard to predict anyway (sensor grain, edges), so each pixel's error is divided by
+  the error the model made on the most similar reference patches (nearest in feature space):
+  the score is the max of that smoothed ratio;
+- patch_novelty: some patch's features lie far from every reference patch's (max over patches);
+- novelty: the image's mean-pooled features lie far from the reference images' (kNN).
+Each is z-scored on held-out reference images and the z-scores are averaged."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..settings import ConfigError, autocast, resolve_device, resolve_precision
+from .calibrate import combine, robust_scale, split_reference, threshold_at_fpr
+from .masks import complementary_masks
+from .novelty import NearestNeighbours, encoder_features, subsample
+from .recon import reconstruction_error
+from .reference import Reference
+
+COMPONENTS = ("recon", "patch_novelty", "novelty")
+
+
+@dataclass
+class ScoreResult:
+    score: torch.Tensor                  # (B,) combined score
+    heatmap: torch.Tensor                # (B, H, W) combined per-pixel map (z units)
+    components: dict                     # name -> (B,) raw component score
+    verdict: torch.Tensor                # (B,) bool: score above the calibrated threshold
+
+
+def model_signature(model) -> dict:
+    """What a reference file must agree with: the architecture and a checksum of the weights."""
+    with torch.no_grad():
+        checksum = sum(float(p.double().abs().sum()) for p in model.parameters())
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items()}
+    return {**cfg, "weights_abs_sum": round(checksum, 3)}
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, H, W) maps smoothed by a separable Gaussian (reflect padding)."""
+    if sigma <= 0:
+        return maps
+    r = max(1, int(3 * sigma + 0.5))
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=maps.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    m = F.pad(maps[:, None], (r, r, r, r), mode="reflect")
+    m = F.conv2d(m, k.view(1, 1, 1, -1))
+    m = F.conv2d(m, k.view(1, 1, -1, 1))
+    return m[:, 0]
+
+
+class Scorer:
+    """Scorer(model, reference=Reference | path.safetensors | None).score(images) -> ScoreResult.
+    Without a reference, call fit(images) first (or fastmae.monitor.fit_reference)."""
+
+    def __init__(self, model, reference=None, *, rounds: int = 2, mask_ratio: float = 0.75,
+                 seed: int = 0, device="auto", precision: str | None = None, batch_size: int = 32,
+                 bank_size: int = 20000, knn: int = 3, components=COMPONENTS, sigma: float | None = None):
+        bad = [c for c in components if c not in COMPONENTS]
+        if bad or not components:
+            raise ConfigError(f"unknown score component(s) {bad}; choose from {', '.join(COMPONENTS)}")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.rounds, self.mask_ratio, self.seed = int(rounds), float(mask_ratio), int(seed)
+        self.batch_size, self.bank_size, self.knn = int(batch_size), int(bank_size), int(knn)
+        self.components = list(components)
+        self.sigma = float(model.patch_size) / 2 if sigma is None else float(sigma)
+        self.masks = complementary_masks(model.num_patches, self.mask_ratio, self.rounds, self.seed)
+        self.reference = None
+        if reference is not None:
+            self.set_reference(reference if isinstance(reference, Reference) else Reference.load(reference))
+
+    # -- the settings a reference file fixes -------------------------------------------
+
+    def settings(self) -> dict:
+        return {"components": self.components, "rounds": self.rounds, "mask_ratio": self.mask_ratio,
+                "seed": self.seed, "bank_size": self.bank_size, "knn": self.knn, "sigma": self.sigma,
+                "model": model_signature(self.model)}
+
+    def set_reference(self, ref: Reference) -> None:
+        ref.check_model(model_signature(self.model))
+        m = ref.meta
+        self.components = list(m["components"])
+        self.rounds, self.mask_ratio, self.seed = int(m["rounds"]), float(m["mask_ratio"]), int(m["seed"])
+        self.knn, self.sigma, self.bank_size = int(m["knn"]), float(m["sigma"]), int(m["bank_size"])
+        self.masks = complementary_masks(self.model.num_patches, self.mask_ratio, self.rounds, self.seed)
+        self.reference = ref
+        self._image_nn = NearestNeighbours(ref.image_bank)
+        self._patch_nn = NearestNeighbours(ref.patch_bank)
+        self._bank_error = ref.patch_bank_error
+
+    # -- raw quantities ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def features(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image features (N, D), patch features (N, L, Dp)) on the CPU."""
+        outs_i, outs_p = [], []
+        for start in range(0, imgs.shape[0], self.batch_size):
+            x = imgs[start:start + self.batch_size].to(self.device)
+            with autocast(self.device, self.precision):
+                fi, fp = encoder_features(self.model, x)
+            outs_i.append(fi.float().cpu())
+            outs_p.append(fp.float().cpu())
+        return torch.cat(outs_i), torch.cat(outs_p)
+
+    @torch.no_grad()
+    def recon_maps(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) per-pixel reconstruction error (not smoothed) on the CPU."""
+        out = []
+        per = max(1, self.batch_size // 2)
+        for start in range(0, imgs.shape[0], per):
+            x = imgs[start:start + per].to(self.device)
+            with autocast(self.device, self.precision):
+                m = reconstruction_error(self.model, x, self.masks)
+            out.append(m.float().cpu())
+        return torch.cat(out)
+
+    def _upsample(self, per_patch: torch.Tensor) -> torch.Tensor:
+        """(N, L) -> (N, H, W) bilinear."""
+        grid = per_patch.view(per_patch.shape[0], 1, *self.model.grid_size)
+        return F.interpolate(grid, size=self.model.img_size, mode="bilinear", align_corners=False)[:, 0]
+
+    def _raw(self, imgs, image_nn, patch_nn, bank_error):
+        """Raw component scores (N, C) in self.components order and the two maps."""
+        feats, patch_feats = self.features(imgs)
+        b, L, d = patch_feats.shape
+        dist, idx = patch_nn.search(patch_feats.reshape(b * L, d), k=self.knn)
+        pmap = gaussian_blur(self._upsample(dist[:, 0].view(b, L)), self.sigma)
+        recon = None
+        if "recon" in self.components:
+            expected = self._upsample(bank_error[idx].mean(1).view(b, L))
+            floor = 0.1 * float(bank_error.median()) + 1e-8
+            recon = gaussian_blur(self.recon_maps(imgs) / (expected + floor), self.sigma)
+        values = {"recon": recon.flatten(1).amax(1) if recon is not None else None,
+                  "patch_novelty": pmap.flatten(1).amax(1),
+                  "novelty": image_nn.distances(feats, k=self.knn)}
+        comps = torch.stack([values[c] for c in self.components], dim=1)
+        return comps, recon, pmap, feats
+
+    # -- reference -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def fit(self, imgs: torch.Tensor, fpr: float = 0.01, calibration_fraction: float = 0.5,
+            meta: dict | None = None) -> Reference:
+        """Build and use a Reference from good images (N, C, H, W): half fit the feature
+        banks, the held-out half calibrates the component scales and the threshold."""
+        fit_idx, cal_idx = split_reference(imgs.shape[0], calibration_fraction, self.seed)
+        feats, patch_feats = self.features(imgs[fit_idx])
+        image_nn = NearestNeighbours(feats)
+        sel = subsample(patch_feats.shape[0] * patch_feats.shape[1], self.bank_size, self.seed)
+        bank = patch_feats.reshape(-1, patch_feats.shape[-1])[sel]
+        patch_nn = NearestNeighbours(bank)
+        if "recon" in self.components:  # each bank patch's own error: what similar content costs
+            p = self.model.patch_size
+            err = F.avg_pool2d(self.recon_maps(imgs[fit_idx])[:, None], p)
+            bank_error = err.reshape(-1)[sel]
+        else:
+            bank_error = torch.zeros(len(sel))
+        comps, recon, pmap, cal_feats = self._raw(imgs[cal_idx], image_nn, patch_nn, bank_error)
+        loc, scale = robust_scale(comps)
+        scores = combine(comps, loc, scale)
+        maps = [recon, pmap] if recon is not None else [pmap, pmap]
+        map_loc = torch.stack([m.median() for m in maps])
+        map_scale = torch.stack([robust_scale(m.flatten())[1] for m in maps])
+        embeddings = torch.empty(imgs.shape[0], feats.shape[1])
+        embeddings[fit_idx], embeddings[cal_idx] = feats, cal_feats
+        ref = Reference(feats, bank, bank_error, embeddings, comps, scores, loc, scale, map_loc, map_scale,
+                        threshold_at_fpr(scores, fpr),
+                        {**self.settings(), "fpr": fpr, "n_reference": int(imgs.shape[0]),
+                         "n_calibration": int(len(cal_idx)), **(meta or {})})
+        self.set_reference(ref)
+        return ref
+
+    # -- scoring -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(self, imgs: torch.Tensor) -> ScoreResult:
+        """Score normalised images (N, C, H, W) at the model's size."""
+        if self.reference is None:
+            raise ConfigError("the Scorer has no reference: pass reference= or call fit(good_images)")
+        ref = self.reference
+        comps, recon, pmap, _ = self._raw(imgs, self._image_nn, self._patch_nn, self._bank_error)
+        score = combine(comps, ref.comp_loc, ref.comp_scale)
+        z = [(pmap - ref.map_loc[1]) / ref.map_scale[1]]
+        if recon is not None:
+            z.append((recon - ref.map_loc[0]) / ref.map_scale[0])
+        heatmap = torch.stack(z).mean(0)
+        return ScoreResult(score, heatmap, {c: comps[:, i] for i, c in enumerate(self.components)},
+                           score > ref.threshold)
+
+    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Image features (N, D) as stored in Reference.embeddings (for drift)."""
+        return self.features(imgs)[0]

@@ -1,0 +1,192 @@
+"""fastmae.monitor on tiny models: complementary masks, reconstruction error against a
+per-pass reference, determinism, the reference file, drift statistics and metrics."""
+import numpy as np
+import pytest
+import torch
+
+from fastmae.monitor import Reference, Scorer, complementary_masks
+from fastmae.monitor.calibrate import threshold_at_fpr
+from fastmae.monitor.drift import frechet_distance, mmd_test
+from fastmae.monitor.masks import passes_for
+from fastmae.monitor.metrics import auroc
+from fastmae.monitor.recon import reconstruction_error, training_target
+from fastmae.settings import CheckpointError, DataError
+
+from .downstream_helpers import tiny_mae
+
+
+def good_images(n, seed=0, size=16):
+    """Smooth random blobs (a 'product') with noise, normalised-ish."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return (x - 0.5) * 2 + 0.1 * torch.randn(n, 3, size, size, generator=g)
+
+
+@pytest.mark.parametrize("L,ratio,rounds", [(16, 0.75, 3), (64, 0.5, 2), (196, 0.75, 2)])
+def test_complementary_masks_partition_each_round(L, ratio, rounds):
+    m = complementary_masks(L, ratio, rounds, seed=int(torch.randint(0, 1000, ())))
+    k = passes_for(ratio)
+    assert m.passes == k and m.noise.shape == (rounds * k, L)
+    vis = m.visible.view(rounds, k, L)
+    assert torch.equal(vis.sum(1), torch.ones(rounds, L, dtype=torch.long))  # shown exactly once
+    assert torch.equal(m.hidden.view(rounds, k, L).sum(1), torch.full((rounds, L), k - 1))
+    if rounds > 1:
+        assert not torch.equal(vis[0], vis[1])  # different partitions
+    # The model's own masking keeps exactly the visible set.
+    model = tiny_mae(img_size=4 * int(L**0.5))
+    ids_keep, mask, _ = model.random_masking(rounds * k, m.mask_ratio, m.noise, "cpu")
+    assert ids_keep.shape[1] == m.keep
+    assert torch.equal(mask.bool(), m.hidden)
+
+
+def test_complementary_masks_uneven_split_still_covers():
+    m = complementary_masks(10, 0.75, 2, seed=3)  # k=4 does not divide 10: 3 shown per pass
+    assert m.keep == 3
+    assert (m.visible.view(2, 4, 10).sum(1) >= 1).all()
+    assert (m.hidden.view(2, 4, 10).sum(1) >= 2).all()
+    assert (m.visible.sum(1) == 3).all()
+
+
+def test_complementary_masks_deterministic_and_bad_ratio():
+    a, b = complementary_masks(16, 0.75, 2, seed=5), complementary_masks(16, 0.75, 2, seed=5)
+    assert torch.equal(a.noise, b.noise)
+    assert not torch.equal(a.noise, complementary_masks(16, 0.75, 2, seed=6).noise)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        complementary_masks(16, 1.0)
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_reconstruction_error_matches_per_pass_reference(norm_pix):
+    torch.manual_seed(0)
+    model = tiny_mae(norm_pix_loss=norm_pix).eval()
+    imgs = torch.randn(3, 3, 16, 16)
+    m = complementary_masks(model.num_patches, 0.75, 2, seed=1)
+    got = reconstruction_error(model, imgs, m, max_batch=8)  # forces several chunks
+    # Reference: one image and one pass at a time, error of the hidden patches only.
+    want = torch.zeros(3, model.num_patches, 48)
+    count = torch.zeros(3, model.num_patches, 1)
+    with torch.no_grad():
+        for i in range(3):
+            target = training_target(model, imgs[i:i + 1])[0]
+            for p in range(m.noise.shape[0]):
+                _, pred, mask = model(imgs[i:i + 1], m.mask_ratio, m.noise[p:p + 1])
+                h = mask[0].bool()
+                want[i, h] += (pred[0, h] - target[h]) ** 2
+                count[i, h] += 1
+    want = model.unpatchify(want / count).mean(1)
+    assert got.shape == (3, 16, 16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _fitted(seed=0, **kw):
+    torch.manual_seed(0)
+    model = tiny_mae()
+    scorer = Scorer(model, device="cpu", seed=seed, rounds=2, **kw)
+    ref = scorer.fit(good_images(24, seed=1), fpr=0.05)
+    return model, scorer, ref
+
+
+def test_scores_are_deterministic_given_the_seed():
+    imgs = good_images(5, seed=7)
+    _, s1, _ = _fitted(seed=3)
+    _, s2, _ = _fitted(seed=3)
+    r1, r2 = s1.score(imgs), s2.score(imgs)
+    assert torch.equal(r1.score, r2.score) and torch.equal(r1.heatmap, r2.heatmap)
+    _, s3, _ = _fitted(seed=4)
+    assert not torch.equal(s3.score(imgs).components["recon"], r1.components["recon"])
+    assert r1.heatmap.shape == (5, 16, 16) and set(r1.components) == {"recon", "patch_novelty", "novelty"}
+
+
+def test_anomalous_images_score_higher():
+    _, scorer, _ = _fitted()
+    good = good_images(6, seed=9)
+    bad = good.clone()
+    bad[:, :, 4:10, 4:10] = 4.0  # a bright square the reference never shows
+    sg, sb = scorer.score(good), scorer.score(bad)
+    assert sb.score.min() > sg.score.max()
+    assert sb.verdict.all()
+    inside = sb.heatmap[:, 4:10, 4:10].mean()
+    outside = sb.heatmap[:, 12:, 12:].mean()
+    assert inside > outside
+
+
+def test_reference_file_round_trip(tmp_path):
+    model, scorer, ref = _fitted()
+    path = ref.save(tmp_path / "ref.safetensors")
+    back = Reference.load(path)
+    for name in ("image_bank", "patch_bank", "patch_bank_error", "embeddings", "calib_scores", "comp_loc",
+                 "map_scale"):
+        assert torch.equal(getattr(back, name), getattr(ref, name).float())
+    assert back.threshold == ref.threshold and back.meta == ref.meta
+    imgs = good_images(4, seed=11)
+    again = Scorer(model, reference=path, device="cpu")
+    assert torch.equal(again.score(imgs).score, scorer.score(imgs).score)
+    other = tiny_mae()  # different weights: refused
+    with pytest.raises(CheckpointError, match="different model"):
+        Scorer(other, reference=path, device="cpu")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(CheckpointError):
+        Reference.load(tmp_path / "junk.safetensors")
+    with pytest.raises(DataError, match="safetensors"):
+        ref.save(tmp_path / "ref.pt")
+
+
+def test_small_reference_is_a_clear_error():
+    scorer = Scorer(tiny_mae(), device="cpu")
+    with pytest.raises(DataError, match=r"has 12 readable image\(s\).*at least 20.*8 more"):
+        scorer.fit(good_images(12))
+
+
+def test_threshold_quantile():
+    s = torch.arange(1, 200).float()[torch.randperm(199)]  # 199 held-out scores 1..199
+    assert threshold_at_fpr(s, 0.01) == 198.0  # the 2nd largest: exceeded with probability 2/200
+    assert threshold_at_fpr(s[:50], 0.01) == float(s[:50].max())
+    with pytest.raises(DataError):
+        threshold_at_fpr(s, 0.0)
+
+
+def test_mmd_test_same_vs_shifted():
+    # Under no drift the p-value is uniform: a fixed draw keeps this test from failing 1% of runs.
+    g = torch.Generator().manual_seed(123)
+    x, y = torch.randn(60, 8, generator=g), torch.randn(40, 8, generator=g)
+    shifted = y + 0.8
+    same = mmd_test(x, y, permutations=200, seed=0)
+    moved = mmd_test(x, shifted, permutations=200, seed=0)
+    assert same.p_value > 0.05
+    assert moved.p_value == pytest.approx(1 / 201)  # no permutation reaches the observed MMD
+    assert moved.mmd2 > 10 * abs(same.mmd2)
+    assert mmd_test(x, y, permutations=200, seed=0).p_value == same.p_value  # seeded
+    assert frechet_distance(x, shifted) > frechet_distance(x, y)
+    with pytest.raises(DataError, match="at least"):
+        mmd_test(x, y[:3])
+
+
+def test_mmd_statistic_matches_brute_force():
+    x, y = torch.randn(23, 5), torch.randn(17, 5) + 0.2
+    r = mmd_test(x, y, permutations=99, seed=1)
+    s2 = 2 * r.bandwidth**2
+    k = lambda a, b: torch.exp(-torch.cdist(a.double(), b.double()).pow(2) / s2)  # noqa: E731
+    kxx, kyy = k(x, x), k(y, y)
+    want = (kxx.sum() - kxx.trace()) / (23 * 22) + (kyy.sum() - kyy.trace()) / (17 * 16) - 2 * k(x, y).mean()
+    assert r.mmd2 == pytest.approx(float(want), rel=1e-9, abs=1e-12)
+    z = torch.cat([x, y])
+    assert r.bandwidth == pytest.approx(float(torch.pdist(z.double()).median()), rel=1e-9)
+    assert 1 / 100 <= r.p_value <= 1.0
+
+
+def test_frechet_of_gaussians_matches_closed_form():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(20000, 2, generator=g)
+    y = torch.randn(20000, 2, generator=g) * 2 + torch.tensor([1.0, 0.0])
+    # mu diff^2 = 1; Tr(I + 4I - 2*2I) = 2  -> 3
+    assert frechet_distance(x, y) == pytest.approx(3.0, abs=0.1)
+
+
+def test_auroc_matches_pair_count():
+    rng = np.random.default_rng()
+    s = rng.integers(0, 5, 40).astype(float)  # many ties
+    y = rng.random(40) < 0.4
+    pairs = [(a > b) + 0.5 * (a == b) for a in s[y] for b in s[~y]]
+    assert auroc(s, y) == pytest.approx(np.mean(pairs))
+    assert np.isnan(auroc(s, np.zeros(40)))
