@@ -119,7 +119,7 @@ else
 fi
 
 # ------------------------------------------------------------------ preflight
-step doctor 70 sh -c '"$0" -m fastmae doctor --json > "$1"' "$PY" "$OUT/doctor.json"
+step doctor 45 sh -c '"$0" -m fastmae doctor --json > "$1"' "$PY" "$OUT/doctor.json"
 if command -v nvidia-smi >/dev/null 2>&1; then
     step nvidia-smi 10 nvidia-smi
 else
@@ -154,15 +154,20 @@ COMMON=(--mask-ratio 0.75 --contenders "$CONTENDERS")
 
 # ------------------------------------------------------------------ runs
 if [ "$GPU" = "1" ]; then
-    # The headline first, so a short budget still yields it.
-    step bench-b16 100 "$PY" -m fastmae bench "${B16[@]}" "${COMMON[@]}" --precision bf16 \
+    # The headline first, so a short budget still yields it: eager fastmae against the
+    # baselines. Then the compiled fastmae (whole model and per block) against the reference,
+    # in a step of its own, so a slow compile cannot cost the headline.
+    step bench-b16 70 "$PY" -m fastmae bench "${B16[@]}" "${COMMON[@]}" --precision bf16 \
         --json "$OUT/bench-b16.json" --plot "$OUT/bench-b16.png" && plotted bench-b16 "$OUT/bench-b16.png"
-    step gpu-tests 55 "$PY" -m pytest -m gpu -q -rfEs tests
-    step ops-bench 30 "$PY" -m pytest benchmarks/ --benchmark-only -q \
+    step bench-b16-compiled 100 "$PY" -m fastmae bench "${B16[@]}" --mask-ratio 0.75 --precision bf16 \
+        --contenders fastmae-compiled,fastmae-compiled-blocks,fastmae,reference \
+        --json "$OUT/bench-b16-compiled.json"
+    step gpu-tests 45 "$PY" -m pytest -m gpu -q -rfEs tests
+    step ops-bench 25 "$PY" -m pytest benchmarks/ --benchmark-only -q \
         --benchmark-json "$OUT/ops.json"
-    step bench-l16 45 "$PY" -m fastmae bench "${L16[@]}" "${COMMON[@]}" --precision bf16 \
+    step bench-l16 30 "$PY" -m fastmae bench "${L16[@]}" "${COMMON[@]}" --precision bf16 \
         --json "$OUT/bench-l16.json"
-    step max-batch 60 "$PY" -m fastmae bench "${MAXB[@]}" "${COMMON[@]}" --precision bf16 \
+    step max-batch 40 "$PY" -m fastmae bench "${MAXB[@]}" "${COMMON[@]}" --precision bf16 \
         --max-batch --json "$OUT/max-batch.json"
     if [ "$DALI" != "1" ]; then
         skip data-bench "nvidia.dali is not importable here"
@@ -175,12 +180,12 @@ if [ "$GPU" = "1" ]; then
                 "from fastmae.data import builtin_dataset; print(builtin_dataset('train'))" 2>>"$LOG")
         fi
         log "data-bench reads $DATA"
-        step data-bench 25 "$PY" benchmarks/bench_data.py --data "$DATA" --batch-size 64 \
+        step data-bench 20 "$PY" benchmarks/bench_data.py --data "$DATA" --batch-size 64 \
             --batches 20 --rounds 2 --json "$OUT/data.json"
     fi
 else
     why="no CUDA GPU visible"
-    for s in bench-b16 gpu-tests ops-bench bench-l16 max-batch data-bench; do skip "$s" "$why"; done
+    for s in bench-b16 bench-b16-compiled gpu-tests ops-bench bench-l16 max-batch data-bench; do skip "$s" "$why"; done
     step bench-cpu 120 "$PY" -m fastmae bench "${CPU_BENCH[@]}" "${COMMON[@]}" --precision fp32 \
         --device cpu --json "$OUT/bench-cpu.json" --plot "$OUT/bench-cpu.png" \
         && plotted bench-cpu "$OUT/bench-cpu.png"

@@ -20,7 +20,7 @@ STATUSES = ("ok", "FAILED", "SKIPPED")
 # The device tool returns at most this many files from $OUT.
 MAX_FILES = 8
 # bench JSON files the suite may write, in the order the summary lists them.
-BENCHES = {"bench-b16": "ViT-B/16 headline", "bench-l16": "ViT-L/16", "max-batch": "largest batch",
+BENCHES = {"bench-b16": "ViT-B/16 headline", "bench-b16-compiled": "ViT-B/16 compiled", "bench-l16": "ViT-L/16", "max-batch": "largest batch",
            "bench-cpu": "CPU check of the same command"}
 
 

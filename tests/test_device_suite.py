@@ -333,7 +333,8 @@ def test_suite_on_a_bare_machine(tmp_path):
     if not torch.cuda.is_available():
         assert status["bench-cpu"] == "ok"
         assert "matplotlib is not importable" in skipped["bench-cpu-plot"]
-        for s in ("bench-b16", "gpu-tests", "ops-bench", "bench-l16", "max-batch", "data-bench"):
+        for s in ("bench-b16", "bench-b16-compiled", "gpu-tests", "ops-bench", "bench-l16", "max-batch",
+                  "data-bench"):
             assert skipped[s] == "no CUDA GPU visible"
         bench = json.loads((out / "bench-cpu.json").read_text())
         assert [x["name"] for x in bench["results"]] == ["fastmae", "reference"]
@@ -461,7 +462,9 @@ def test_gpu_branch_runs_headline_first_and_records_each_step(tmp_path):
     head = benches[0]
     assert "--model mae_vit_base_patch16 --img-size 224 --batch-size 256" in head
     assert "--contenders fastmae,reference,hf --precision bf16" in head and "--max-batch" not in head
-    assert f"--plot {out}/bench-b16.png" in head
+    assert f"--plot {out}/bench-b16.png" in head and "compiled" not in head
+    compiled = benches[1]
+    assert "--contenders fastmae-compiled,fastmae-compiled-blocks,fastmae,reference" in compiled
     assert any(c.startswith("-m pytest -m gpu") for c in calls)
     assert any("--max-batch" in c for c in benches) and any("bench_data.py" in c for c in calls)
 
@@ -469,7 +472,7 @@ def test_gpu_branch_runs_headline_first_and_records_each_step(tmp_path):
     status = {x["name"]: x["status"] for x in s["steps"]}
     smi = "ok" if shutil.which("nvidia-smi") else "SKIPPED"
     assert status == {"wheels": "SKIPPED", "doctor": "ok", "nvidia-smi": smi, "bench-b16": "ok",
-                      "bench-b16-plot": "SKIPPED", "gpu-tests": "ok", "ops-bench": "ok",
+                      "bench-b16-plot": "SKIPPED", "bench-b16-compiled": "ok", "gpu-tests": "ok", "ops-bench": "ok",
                       "bench-l16": "FAILED", "max-batch": "ok", "data-bench": "ok"}
     l16 = next(x for x in s["steps"] if x["name"] == "bench-l16")
     assert l16["reason"].startswith("exit 1 after") and l16["reason"].endswith("RuntimeError: CUDA error: boom")
