@@ -139,6 +139,7 @@ def test_rounds_interleave_and_statistics(monkeypatch):
     class Fake:
         def __init__(self, name):
             self.name, self.attn_backend, self.kernels = name, "sdpa", "torch"
+            self.attn, self.compile = {"encoder": "sdpa", "decoder": "sdpa"}, "off"
             self.model = torch.nn.Linear(2, 3)
             self.last_loss = torch.tensor(0.5)
 

@@ -1,6 +1,8 @@
 """The implementations a benchmark compares, each as a model + AdamW + one training step.
 
-- fastmae:   fastmae.create_model with the requested kernels / attention / torch.compile.
+- fastmae:   fastmae.create_model with the requested kernels / attention, eager.
+- fastmae-compiled:        the same model, torch.compile of the whole model.
+- fastmae-compiled-blocks: the same model, each transformer block compiled on its own.
 - reference: fastmae.reference (plain eager PyTorch, SDPA attention).
 - hf:        transformers ViTMAEForPreTraining with attn_implementation="sdpa".
 
@@ -9,6 +11,7 @@ the benchmark precision), backward, the training loop's AdamW (settings.build_op
 fused on CUDA), gradients freed. Only the model differs, so a ratio of step times is a
 ratio of models."""
 import copy
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,11 +22,14 @@ import torch.nn as nn
 from .. import reference
 from ..apply import hf_attention_modules
 from ..models import attention, create_model
+from ..models.compiled import compile_model
 from ..ops import dispatch
 from ..settings import BackendUnavailable, ConfigError, activation_dtype, autocast, build_optimizer
 
-NAMES = ("fastmae", "reference", "hf")
+NAMES = ("fastmae", "fastmae-compiled", "fastmae-compiled-blocks", "reference", "hf")
+COMPILED = {"fastmae-compiled": "model", "fastmae-compiled-blocks": "blocks"}  # name -> compile mode
 LR, WEIGHT_DECAY = 1.5e-4, 0.05  # the official MAE pretraining recipe
+SDPA_BOTH = {"encoder": "sdpa", "decoder": "sdpa"}  # the baselines call SDPA, torch picks the kernel
 
 
 @dataclass
@@ -37,7 +43,6 @@ class Setup:
     norm_pix_loss: bool = False
     kernels: str = "auto"
     attn: str = "auto"
-    compile: bool = False
     seed: int = 0
 
 
@@ -48,8 +53,9 @@ class Contender:
     loss_fn: Callable[[torch.Tensor], torch.Tensor]  # imgs -> scalar loss
     optimizer: torch.optim.Optimizer
     precision: str  # resolved: bf16 | fp16 | fp32
-    attn_backend: str
+    attn: dict  # what attention runs: {"encoder": ..., "decoder": ...}, resolved
     kernels: str
+    compile: str = "off"  # off | model | blocks
     scaler: torch.amp.GradScaler | None = None
     last_loss: torch.Tensor | None = field(default=None, repr=False)
 
@@ -67,6 +73,12 @@ class Contender:
         self.optimizer.zero_grad(set_to_none=True)
         self.last_loss = loss.detach()
 
+    @property
+    def attn_backend(self) -> str:
+        """One label: the backend, or "encoder/decoder" when they differ."""
+        enc, dec = self.attn["encoder"], self.attn["decoder"]
+        return enc if enc == dec else f"{enc}/{dec}"
+
     def resident_bytes(self) -> int:
         """Bytes held between steps: parameters, buffers and optimizer state."""
         seen, total = set(), 0
@@ -82,6 +94,13 @@ class Contender:
 
 def hf_available() -> bool:
     return importlib.util.find_spec("transformers") is not None
+
+
+def default_names(device: torch.device) -> list[str]:
+    """Every contender that can run here: the compiled ones on CUDA only (on the CPU the
+    compile time dwarfs a short benchmark), hf when transformers is installed."""
+    return [n for n in NAMES if (n != "hf" or hf_available())
+            and (n not in COMPILED or device.type == "cuda")]
 
 
 def check_names(names: list[str]) -> list[str]:
@@ -104,19 +123,21 @@ def _probe(setup: Setup) -> torch.Tensor:
 
 
 def check_backends(setup: Setup) -> tuple[str, str]:
-    """(attention backend, kernels) the fastmae contender will run, or the error that a
-    requested one cannot run here."""
+    """(attention asked for, kernels) of the fastmae contenders, or the error that a
+    requested one cannot run here. What attention each module runs is resolved per model
+    (MaskedAutoencoderViT.backends), once it is built."""
     attention.check_backend(setup.attn)
     probe = _probe(setup)
-    return attention.resolve(setup.attn, probe), dispatch.resolve(setup.kernels, probe)
+    attention.resolve(setup.attn, probe)
+    return setup.attn, dispatch.resolve(setup.kernels, probe)
 
 
-def _finish(name, model, loss_fn, setup, attn_backend, kernels) -> Contender:
+def _finish(name, model, loss_fn, setup, attn, kernels, compile_mode="off") -> Contender:
     # The training loop's optimizer recipe, the same for every contender.
     optimizer = build_optimizer(model, LR, WEIGHT_DECAY, setup.device)
     scaler = torch.amp.GradScaler("cuda") if setup.precision == "fp16" else None
     model.train()
-    return Contender(name, model, loss_fn, optimizer, setup.precision, attn_backend, kernels, scaler)
+    return Contender(name, model, loss_fn, optimizer, setup.precision, attn, kernels, compile_mode, scaler)
 
 
 def base_model(setup: Setup):
@@ -126,12 +147,16 @@ def base_model(setup: Setup):
                         kernels=setup.kernels, attn=setup.attn)
 
 
-def build_fastmae(setup: Setup, base=None) -> Contender:
-    attn_backend, kernels = check_backends(setup)
+def build_fastmae(setup: Setup, base=None, name: str = "fastmae") -> Contender:
+    _, kernels = check_backends(setup)
     model = (copy.deepcopy(base) if base is not None else base_model(setup)).to(setup.device)
-    run = torch.compile(model) if setup.compile else model
+    # What each module's attention resolves to at this run's shapes (measured for auto on CUDA).
+    backends = model.backends(setup.device, activation_dtype(setup.precision), setup.mask_ratio)
+    attn = {"encoder": backends["attn"], "decoder": backends["decoder_attn"]}
+    mode = COMPILED.get(name, "off")
+    run = compile_model(model, mode) if mode != "off" else model
     ratio = setup.mask_ratio
-    return _finish("fastmae", model, lambda imgs: run(imgs, ratio)[0], setup, attn_backend, kernels)
+    return _finish(name, model, lambda imgs: run(imgs, ratio)[0], setup, attn, kernels, mode)
 
 
 def build_reference(setup: Setup, base=None) -> Contender:
@@ -141,7 +166,7 @@ def build_reference(setup: Setup, base=None) -> Contender:
         model.load_state_dict(base.state_dict(), strict=True)
     model = model.to(setup.device)
     ratio = setup.mask_ratio
-    return _finish("reference", model, lambda imgs: model(imgs, ratio)[0], setup, "sdpa", "torch")
+    return _finish("reference", model, lambda imgs: model(imgs, ratio)[0], setup, SDPA_BOTH, "torch")
 
 
 def hf_attention_impls(model: nn.Module) -> dict[str, str]:
@@ -179,10 +204,11 @@ def build_hf(setup: Setup, base=None) -> Contender:
         raise BackendUnavailable(f"transformers {transformers.__version__} runs ViTMAE attention "
                                  f"{', '.join(other[:3])} as {sorted(set(impls.values()))}, not SDPA")
     model = model.to(setup.device)
-    return _finish("hf", model, lambda imgs: model(pixel_values=imgs).loss, setup, "sdpa", "torch")
+    return _finish("hf", model, lambda imgs: model(pixel_values=imgs).loss, setup, SDPA_BOTH, "torch")
 
 
-BUILDERS = {"fastmae": build_fastmae, "reference": build_reference, "hf": build_hf}
+BUILDERS = {"fastmae": build_fastmae, "reference": build_reference, "hf": build_hf,
+            **{n: functools.partial(build_fastmae, name=n) for n in COMPILED}}
 
 
 def build(name: str, setup: Setup, base=None) -> Contender:

@@ -22,7 +22,8 @@ import torch
 from .. import __version__
 from ..models.registry import CONFIGS
 from ..progress import Progress
-from ..settings import ConfigError, DataError, amp_dtype, check_choice, resolve_device, resolve_precision
+from ..settings import (BackendUnavailable, ConfigError, DataError, amp_dtype, check_choice, resolve_device,
+                        resolve_precision)
 from . import contenders as cont
 from ..perf.flops import forward_flops, named_config
 from .memory import PeakMemory
@@ -333,7 +334,7 @@ def run(cfg: BenchConfig, log=_log) -> dict:
             max_batch[name] = search_max_batch(name, setup, base, cfg.batch_size, log)
 
     from ..ops import dispatch
-    built, batches, kernel_calls = {}, {}, {}
+    built, batches, kernel_calls, left_out = {}, {}, {}, {}
     for name in names:  # inputs first: a bad --data fails before any model is built
         batches[name] = make_batches(cfg, name, device)
     log(f"building {', '.join(names)}: {cfg.model}, batch {cfg.batch_size}, {cfg.img_size}px, "
@@ -352,10 +353,23 @@ def run(cfg: BenchConfig, log=_log) -> dict:
                 time_steps(built[name], batches[name], cfg.warmup, device, bar)
                 if cfg.warmup == 0:
                     time_steps(built[name], batches[name], 1, device)
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-                _raise_if_oom(e, name, cfg)
+            except Exception as e:  # noqa: BLE001 - a compile failure must not cost the others
+                if name in cont.COMPILED and not _out_of_memory(e):
+                    # torch.compile is the newest, least proven part of a run: a compiled
+                    # contender that fails is left out, said on screen and in the JSON.
+                    left_out[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}" \
+                        if str(e).strip() else type(e).__name__
+                    log(f"  {name} failed in warm-up and is left out: {left_out[name]}")
+                    built[name] = None
+                    continue
+                if isinstance(e, (torch.cuda.OutOfMemoryError, RuntimeError)):
+                    _raise_if_oom(e, name, cfg)
                 raise
             kernel_calls[name] = _kernel_label(before, dict(dispatch.calls))
+        names = [n for n in names if n not in left_out]
+        if not names:
+            raise BackendUnavailable("no contender ran: " + "; ".join(f"{n}: {why}"
+                                                                      for n, why in left_out.items()))
         for r in range(cfg.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
@@ -425,12 +439,14 @@ def run(cfg: BenchConfig, log=_log) -> dict:
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "load_average_1m_at_start": load_1m,
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             **cfg.extra,
         },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": None,
         "results": results,
+        "left_out": left_out,  # contender -> why it did not run
     }
 
 

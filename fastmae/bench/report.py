@@ -42,6 +42,8 @@ def table(res: dict) -> str:
                   else "no known peak (give --peak-tflops)"))
     out.append("attention per module (encoder/decoder): " + ", ".join(
         f"{r['name']} {r['attn']['encoder']}/{r['attn']['decoder']}" for r in res["results"] if "attn" in r))
+    for name, why in res.get("left_out", {}).items():
+        out.append(f"left out: {name} ({why})")
     for r in res["results"]:
         if "max_batch" in r:
             out.append(f"largest batch that fits: {r['name']} {r['max_batch']}")

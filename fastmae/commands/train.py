@@ -1,16 +1,16 @@
 """`fastmae train`: MAE pretraining. Flag names follow the official main_pretrain.py
 (underscore spellings accepted too); values resolve as preset < --config YAML < flags."""
 import argparse
+import functools
 import sys
 
-from ..settings import ConfigError
+from ..settings import COMPILE, COMPILE_MODES, ConfigError
+from .flags import ATTN_HELP, DEVICE_HELP, KERNELS_HELP, LOADER_HELP, PRECISION_HELP, flag, one_of
 
 HELP = "pretrain an MAE (no arguments: the built-in dataset, a few minutes on a CPU)"
 
-
-def _flag(p, name, **kw):
-    spellings = [f"--{name}"] + ([f"--{name.replace('-', '_')}"] if "-" in name else [])
-    p.add_argument(*spellings, default=argparse.SUPPRESS, **kw)
+# An unset flag stays out of the namespace, so the preset and --config fill it.
+_flag = functools.partial(flag, default=argparse.SUPPRESS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,17 +23,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "blr", type=float, help="base lr: lr = blr * effective batch / 256")
     _flag(p, "lr", type=float, help="absolute lr (overrides --blr)")
     _flag(p, "min-lr", type=float)
-    _flag(p, "warmup-epochs", type=float)
+    _flag(p, "warmup-epochs", type=float,
+          help="linear lr warm-up (default: the preset's, 2 or 40, at most 10%% of --epochs)")
     _flag(p, "weight-decay", type=float)
     _flag(p, "mask-ratio", type=float)
     _flag(p, "norm-pix-loss", action="store_true", help="per-patch normalised pixel targets")
     _flag(p, "img-size", type=int)
     _flag(p, "in-chans", type=int, help="3 (RGB) or 1 (grayscale)")
-    _flag(p, "loader", help="auto | dali | torch")
-    _flag(p, "kernels", help="auto | triton | torch")
-    _flag(p, "attn", help="auto | flash | sdpa | math")
-    _flag(p, "compile", action="store_true", help="torch.compile the transformer blocks")
-    _flag(p, "precision", help="bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    _flag(p, "loader", help=LOADER_HELP)
+    _flag(p, "kernels", help=KERNELS_HELP)
+    _flag(p, "attn", help=ATTN_HELP)
+    _flag(p, "compile", nargs="?", const="on", metavar="WHEN",
+          help=f"torch.compile: {one_of(COMPILE)} (auto, the default: on for CUDA, off on the CPU; "
+               "bare --compile: on)")
+    _flag(p, "compile-mode", help=f"{one_of(COMPILE_MODES)}: compile the whole model (default) or each block")
+    _flag(p, "cuda-graphs", action="store_true",
+          help="capture the whole step (forward, backward, AdamW) in one CUDA graph")
+    _flag(p, "precision", help=PRECISION_HELP)
     _flag(p, "num-workers", type=int)
     _flag(p, "output-dir", help="where checkpoints, metrics and pictures go (default ./output_dir)")
     _flag(p, "resume", help="auto (default: continue the run in --output-dir if any) | PATH | none")
@@ -46,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(p, "max-steps", type=int, help="stop after this many optimizer steps")
     _flag(p, "log-every", type=int)
     _flag(p, "seed", type=int)
-    _flag(p, "device", help="auto | cuda | cpu")
+    _flag(p, "device", help=DEVICE_HELP)
 
 
 def config_from_args(args: argparse.Namespace):

@@ -1,17 +1,23 @@
 """Attention backends: flash-attn, PyTorch SDPA, and explicit softmax ("math").
 
-`auto` picks flash-attn when it is installed and can run the call (fp16/bf16 CUDA tensors,
-a GPU and head size the installed version supports), else SDPA. A backend asked for by
-name that cannot run raises BackendUnavailable: a user who asks for flash must know when
-they are not getting it."""
+`auto` picks by measurement, not by a fixed order. On CUDA, the first time a shape
+(device, dtype, heads, head size, sequence length) is seen, every candidate that can run
+it (flash-attn / FA4 when installed, SDPA pinned to its cuDNN, flash and memory-efficient
+kernels) is timed for forward + backward with CUDA events, and the fastest is kept for
+that shape. On the CPU auto is SDPA. The choice is a plain string, so torch.compile traces
+it as a constant: a pinned SDPA kernel runs under `torch.nn.attention.sdpa_kernel`, which
+the compiler honours inside the graph. A backend asked for by name that cannot run raises
+BackendUnavailable: a user who asks for flash must know when they are not getting it."""
 import importlib.util
+import statistics
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..settings import BackendUnavailable, ConfigError, check_choice
+from ..settings import ATTENTION, BackendUnavailable, ConfigError, check_choice
 
 
 @dataclass(frozen=True)
@@ -85,12 +91,98 @@ def _flash_unfit(x: torch.Tensor, head_dim: int | None) -> str | None:
     return _FLASH.supports(torch.cuda.get_device_capability(x.device), head_dim)
 
 
-def resolve(name: str, x: torch.Tensor, num_heads: int | None = None) -> str:
-    """The backend that will run for x = qkv (B, N, 3*D) under the requested name."""
+# SDPA pinned to one of its kernels: what auto may choose besides flash-attn and plain SDPA.
+SDPA_PINNED = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+               "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
+RESOLVED = tuple(n for n in ATTENTION if n != "auto") + tuple(SDPA_PINNED)
+
+# auto's choice per shape key (device, dtype, heads, head size, sequence length)
+_AUTO: dict[tuple, str] = {}
+
+
+def auto_key(x: torch.Tensor, num_heads: int, seq_len: int) -> tuple:
+    head_dim = x.shape[-1] // (3 * num_heads)
+    return (str(x.device), x.dtype, num_heads, head_dim, seq_len)
+
+
+def cuda_timer(fn: Callable[[], None], warmup: int = 2, reps: int = 5) -> float:
+    """Median milliseconds of fn() (forward + backward) with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def candidates(x: torch.Tensor, num_heads: int) -> list[str]:
+    """The backends auto may time for x = qkv (B, N, 3*D)."""
+    head_dim = x.shape[-1] // (3 * num_heads)
+    names = ["flash"] if _flash_unfit(x, head_dim) is None else []
+    return names + list(SDPA_PINNED)
+
+
+def choose(runs: dict[str, Callable[[], None]], timer: Callable) -> tuple[str | None, dict]:
+    """The fastest of `runs` by `timer` (name -> callable; timer(callable) -> ms) and every
+    timing. A candidate that fails (a kernel that does not support the shape, dtype or GPU)
+    is left out and its error recorded."""
+    timings = {}
+    for name, run in runs.items():
+        try:
+            timings[name] = float(timer(run))
+        except (RuntimeError, ValueError, BackendUnavailable) as e:
+            timings[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}" if str(e) \
+                else type(e).__name__
+    ok = {n: t for n, t in timings.items() if isinstance(t, float)}
+    return (min(ok, key=ok.get) if ok else None), timings
+
+
+def measure_auto(x: torch.Tensor, num_heads: int, seq_len: int, batch: int = 1,
+                 timer: Callable | None = None) -> str:
+    """auto's backend for this shape, timed once and cached; "sdpa" when nothing else runs."""
+    key = auto_key(x, num_heads, seq_len)
+    if key in _AUTO:
+        return _AUTO[key]
+    d = x.shape[-1]
+    qkv = torch.randn(batch, seq_len, d, device=x.device, dtype=x.dtype, requires_grad=True)
+    grad = torch.randn(batch, seq_len, d // 3, device=x.device, dtype=x.dtype)
+
+    def run_of(name):
+        def run():
+            qkv.grad = None
+            attention(qkv, num_heads, name).backward(grad)
+        run.backend = name
+        return run
+
+    with torch.enable_grad():  # also when first seen under no_grad (evaluation)
+        best, _ = choose({n: run_of(n) for n in candidates(x, num_heads)}, timer or cuda_timer)
+    _AUTO[key] = best or "sdpa"
+    return _AUTO[key]
+
+
+def resolve(name: str, x: torch.Tensor, num_heads: int | None = None, seq_len: int | None = None,
+            batch: int = 1) -> str:
+    """The backend that will run for x = qkv (B, N, 3*D) under the requested name. For auto
+    on CUDA: the measured choice for (heads, head size, seq_len); seq_len defaults to N."""
     check_backend(name)
     head_dim = x.shape[-1] // (3 * num_heads) if num_heads else None
     if name == "auto":
-        return "flash" if _flash_unfit(x, head_dim) is None else "sdpa"
+        if not x.is_cuda or not num_heads:
+            return "flash" if _flash_unfit(x, head_dim) is None else "sdpa"
+        seq_len = x.shape[1] if seq_len is None else seq_len
+        key = auto_key(x, num_heads, seq_len)
+        if key in _AUTO:
+            return _AUTO[key]
+        if torch.compiler.is_compiling():
+            # Nothing can be timed while tracing; the loop and the bench time every shape of
+            # a run before it starts (MaskedAutoencoderViT.backends), so this is a new shape.
+            return "sdpa"
+        return measure_auto(x, num_heads, seq_len, batch=max(1, min(x.shape[0], 64)))
     if name == "flash":
         why = _flash_unfit(x, head_dim)
         if why is not None:
@@ -109,10 +201,13 @@ def attention(qkv: torch.Tensor, num_heads: int, backend: str) -> torch.Tensor:
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, hd)
     if backend == "sdpa":
         out = F.scaled_dot_product_attention(q, k, v)
+    elif backend in SDPA_PINNED:
+        with sdpa_kernel(SDPA_PINNED[backend]):
+            out = F.scaled_dot_product_attention(q, k, v)
     elif backend == "math":
         attn = (q * hd**-0.5) @ k.transpose(-2, -1)
         out = attn.softmax(dim=-1) @ v
     else:
         raise ConfigError(f"attention backend {backend!r} is not a resolved backend "
-                          "(flash, sdpa or math)")
+                          f"({', '.join(RESOLVED)})")
     return out.transpose(1, 2).reshape(B, N, num_heads * hd)

@@ -13,16 +13,16 @@ import torch
 
 from .. import __version__
 from .. import data as fdata
-from ..settings import resolve_device
-from ..settings import CheckpointError, ConfigError, TrainingError
+from ..models.compiled import compile_enabled, compile_model
 from ..models.registry import create_model
+from ..settings import (CheckpointError, ConfigError, TrainingError, activation_dtype, autocast,
+                        build_optimizer, resolve_device, resolve_precision)
 from . import checkpoint, distributed
+from . import graphs
+from . import step as train_step
 from .config import TrainConfig, resolve
 from .reporting import Reporter
 from .schedule import lr_at, set_lr
-from ..settings import build_optimizer
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -84,11 +84,9 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
     cfg = resolve(cfg)
     device = resolve_device(cfg.device)
     dist = distributed.init(device.type)
-    if device.type == "cuda":
+    if device.type == "cuda" and dist.enabled:  # torchrun: one GPU per process
         device = torch.device("cuda", dist.local_rank)
-    precision = cfg.precision or ("bf16" if device.type == "cuda" else "fp32")
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    precision = resolve_precision(cfg.precision, device)
     out = prepare_output_dir(cfg.output_dir) if dist.is_main else Path(cfg.output_dir)
     torch.manual_seed(cfg.seed + dist.rank)
 
@@ -97,6 +95,9 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
                                    backend=cfg.loader, device=device, num_workers=cfg.num_workers,
                                    seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
                                    in_chans=cfg.in_chans)
+    if cfg.data is not None and dist.is_main and (hint := fdata.size_hint(loader.samples.paths, cfg.img_size,
+                                                                          cfg.data)):
+        log(hint)  # photos far larger than the crops: the one-time `fastmae data prepare` pays off
     steps_per_epoch = len(loader) // cfg.accum_iter
     if steps_per_epoch < 1:
         raise ConfigError(f"one optimizer step needs {cfg.accum_iter} batches but an epoch has only "
@@ -105,12 +106,13 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
     model = create_model(cfg.model, img_size=cfg.img_size, in_chans=cfg.in_chans,
                          norm_pix_loss=cfg.norm_pix_loss, kernels=cfg.kernels, attn=cfg.attn,
                          **cfg.model_overrides).to(device)
-    if cfg.compile:
-        for blk in list(model.blocks) + list(model.decoder_blocks):
-            blk.compile()
     eff_batch = cfg.batch_size * cfg.accum_iter * dist.world_size
     base_lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
-    optimizer = build_optimizer(model, base_lr, cfg.weight_decay, device)
+    if cfg.cuda_graphs:
+        graphs.check_supported(device, dist, precision, cfg.accum_iter)
+        optimizer = graphs.build_optimizer(model, base_lr, cfg.weight_decay, device)
+    else:
+        optimizer = build_optimizer(model, base_lr, cfg.weight_decay, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     noise_gen = torch.Generator(device=device)
     noise_gen.manual_seed(cfg.seed)
@@ -135,6 +137,8 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
     if dist.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    compiled = compile_enabled(cfg.compile, device)
+    run_model = compile_model(model, cfg.compile_mode, ddp_model) if compiled else ddp_model
 
     def save_state(epoch_done: int) -> Path | None:
         if not dist.is_main:
@@ -150,78 +154,98 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    backends = model.backends(device, DTYPES[precision])  # fails here, not mid-run
+    # Fails here, not mid-run; attention auto is timed here at this run's shapes.
+    backends = model.backends(device, activation_dtype(precision), cfg.mask_ratio, cfg.batch_size)
     reporter = Reporter(out, cfg, model, dist, device, precision, total_steps, log)
-    reporter.start(step, base_lr, eff_batch, {"loader": loader.backend, **backends})
-    autocast = (torch.autocast(device.type, dtype=DTYPES[precision]) if precision != "fp32"
-                else contextlib.nullcontext())
+    reporter.start(step, base_lr, eff_batch, {"loader": loader.backend, **backends,
+                                              "compile": cfg.compile_mode if compiled else "off"})
+    step_autocast = autocast(device, precision)
     # A resumed run's checkpoint already holds its current step.
     saved_step, ckpt_path = (step, found[0]) if found is not None else (None, None)
-    loss_value, bad_in_row = math.nan, 0
+    # Device-side flags of the last step, read on logging and saving steps only.
+    step_state = train_step.StepState.new(device)
+    graphed = graphs.GraphedStep(model, run_model, optimizer, step_state, precision, cfg.clip_grad,
+                                 cfg.mask_ratio, dist) if cfg.cuda_graphs else None
+    loss_value = math.nan
     t_start, imgs_seen = time.perf_counter(), 0
 
     def save(epoch_done: int) -> None:
         nonlocal saved_step, ckpt_path
         ckpt_path, saved_step = save_state(epoch_done), step
 
+    def read_state() -> tuple[bool, int]:
+        """The host copy of the step flags (one sync): (last step skipped, skipped in a row)."""
+        nonlocal loss_value
+        skipped, bad_in_row, loss_value = step_state.read()
+        return skipped, bad_in_row
+
+    def check_bad(bad_in_row: int, epoch: int) -> None:
+        """Stop once too many steps in a row were skipped; the weights still hold the last
+        good state, which is saved first."""
+        if bad_in_row >= cfg.max_bad_steps:
+            save(epoch - 1)
+            raise TrainingError(f"the loss was not finite for {bad_in_row} steps in a row "
+                                f"(epoch {epoch}); the last good state is saved in {ckpt_path}. "
+                                "Lower the learning rate or use --precision fp32")
+
     with _StopFlag() as stop:
         while step < total_steps:
             epoch = position["epoch"]
             batches = loader.iter_from(epoch, position["batch"])
             for window in _windows(batches, cfg.accum_iter):
-                set_lr(optimizer, lr_at(step / steps_per_epoch, lr=base_lr, min_lr=cfg.min_lr,
-                                        warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs))
-                window_loss, finite = torch.zeros((), device=device), True
+                (graphs.set_lr if graphed is not None else set_lr)(
+                    optimizer, lr_at(step / steps_per_epoch, lr=base_lr, min_lr=cfg.min_lr,
+                                     warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs))
+                window_loss = torch.zeros((), device=device)
                 for i, imgs in enumerate(window):
                     noise = global_noise(noise_gen, imgs.shape[0], model.num_patches, dist, device)
                     last = i == len(window) - 1
-                    with ddp_model.no_sync() if dist.enabled and not last else contextlib.nullcontext():
-                        with autocast:
-                            loss, _, _ = ddp_model(imgs, cfg.mask_ratio, noise)
-                        # One sync per micro-batch: every rank agrees on skipping and stopping.
-                        flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
-                                             torch.tensor(float(stop.requested), device=device)])
-                        bad, stop_now = distributed.all_reduce_mean(flags, dist).tolist()
-                        if bad > 0:
-                            finite = False
-                            continue
-                        scaled = loss / cfg.accum_iter
-                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                        window_loss += loss.detach().float() / cfg.accum_iter
+                    if graphed is not None:  # forward, backward and optimizer step, replayed
+                        graphed.step(imgs, noise)
+                    else:
+                        with ddp_model.no_sync() if dist.enabled and not last else contextlib.nullcontext():
+                            with step_autocast:
+                                loss, _, _ = run_model(imgs, cfg.mask_ratio, noise)
+                            window_loss += train_step.backward(loss, cfg.accum_iter, scaler)
                     imgs_seen += imgs.shape[0] * dist.world_size
                     reporter.keep_pictures(imgs)
                 position["batch"] += len(window)
-                if finite:
-                    _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
-                    loss_value = float(distributed.all_reduce_mean(window_loss, dist))
-                    bad_in_row = 0
-                else:
-                    bad_in_row += 1
-                optimizer.zero_grad(set_to_none=True)
+                # A non-finite window is skipped on the device: no branch reads the loss here.
+                if graphed is None:
+                    train_step.optimizer_step(model, optimizer, scaler, cfg.clip_grad, window_loss,
+                                              step_state, dist)
                 step += 1
+                log_now = reporter.log_due(step)
+                save_now = bool(cfg.save_every_steps) and step % cfg.save_every_steps == 0
+                skipped, bad_in_row = read_state() if log_now or save_now else (False, 0)
                 reporter.step(step, epoch, loss_value, optimizer.param_groups[0]["lr"], imgs_seen,
-                              time.perf_counter() - t_start, skipped=not finite)
-                if bad_in_row >= cfg.max_bad_steps:
-                    save(epoch - 1)  # the weights still hold the last good state
-                    raise TrainingError(f"the loss was not finite for {bad_in_row} steps in a row "
-                                        f"(epoch {epoch}); the last good state is saved in {ckpt_path}. "
-                                        "Lower the learning rate or use --precision fp32")
-                if stop.requested or stop_now > 0:
+                              time.perf_counter() - t_start, skipped=skipped)
+                check_bad(bad_in_row, epoch)
+                # SIGINT/SIGTERM set a host flag: one process acts on it at once; under DDP the
+                # ranks agree on it at logging steps (a collective every step would sync the host).
+                stop_now = stop.requested if not dist.enabled else log_now and bool(
+                    distributed.all_reduce_max(torch.tensor(float(stop.requested), device=device),
+                                               dist).item())
+                if stop_now:
+                    if not (log_now or save_now):
+                        read_state()
                     save(epoch - 1)
                     reporter.finish(step, loss_value, imgs_seen, time.perf_counter() - t_start,
                                     ckpt_path, interrupted=True)
                     distributed.shutdown(dist)
                     return PretrainResult(out, ckpt_path, loss_value, step, reporter.img_per_s,
                                           reporter.history, interrupted=True)
-                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+                if save_now:
                     save(epoch - 1)
                 if step >= total_steps:
                     break
             if len(loader) - position["batch"] < cfg.accum_iter:  # the epoch is complete
                 position = {"epoch": epoch + 1, "batch": 0}
                 if (epoch + 1) % cfg.save_every == 0 or step >= total_steps:
+                    check_bad(read_state()[1], epoch)
                     save(epoch)
                 reporter.epoch_end(epoch)
+        check_bad(read_state()[1], position["epoch"])  # the final loss; a run ending on bad steps
         if saved_step != step:
             save(position["epoch"] - 1)
 
@@ -239,18 +263,6 @@ def _windows(batches, size: int):
         if len(window) == size:
             yield window
             window = []
-
-
-def _optimizer_step(model, optimizer, scaler, clip_grad):
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    if clip_grad is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
 
 
 def _find_resume(cfg: TrainConfig, out: Path, log):
