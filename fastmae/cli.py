@@ -10,8 +10,8 @@ import sys
 from .settings import FastMAEError
 
 # Each name is a module under fastmae.commands, in the order `fastmae --help` lists them.
-COMMANDS = ("train", "finetune", "linprobe", "knn", "embed", "visualize", "export", "demo",
-            "data", "bench")
+COMMANDS = ("train", "finetune", "linprobe", "knn", "embed", "visualize", "export", "predict",
+            "demo", "data", "bench", "label-curve", "doctor", "score", "drift")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +26,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
     sub.required = True
     for name in (only,) if only else COMMANDS:
-        module = importlib.import_module(f"fastmae.commands.{name}")
+        module = importlib.import_module(f"fastmae.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_module=module)

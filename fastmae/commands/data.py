@@ -7,6 +7,8 @@ import sys
 import time
 import warnings
 
+from . import data_prepare
+
 HELP = "Check a dataset: decode every image, report bad files, write a clean file list."
 
 
@@ -21,9 +23,20 @@ def add_arguments(p) -> None:
     c.add_argument("--out", metavar="FILE", help="write the good files as a file list usable as a data source")
     c.add_argument("--workers", "--num_workers", type=int, default=None, metavar="N",
                    help="decoding threads (default: 2 per CPU core, at most 32)")
+    c.add_argument("--report", nargs="?", const=".", default=None, metavar="DIR",
+                   help="also write data_report.html and data_report.json into DIR (default .): counts "
+                        "per class, sizes, formats, exact and near duplicates, near-blank pictures")
+    c.add_argument("--dedupe", action="store_true",
+                   help="with --out: keep one file per exact / near-duplicate group")
+    c.add_argument("--radius", type=int, default=8,
+                   help="near-duplicate Hamming radius of the 64-bit perceptual hash (default 8)")
+    c.add_argument("--force", action="store_true", help="replace an existing report")
+    data_prepare.add_parser(sub)
 
 
 def run(args) -> int:
+    if args.data_command == "prepare":
+        return data_prepare.run(args)
     from tqdm import tqdm
 
     from ..settings import ConfigError
@@ -39,6 +52,9 @@ def run(args) -> int:
     t0 = time.perf_counter()
 
     samples = scan(args.path)
+    if args.report is not None or args.dedupe:
+        from .data_report import run_report
+        return run_report(args, samples, t0)
     with tqdm(total=len(samples), unit="img", desc="checking", disable=None, file=sys.stderr) as bar:
         report = check(samples, args.workers, progress=bar.update)
     dt = time.perf_counter() - t0

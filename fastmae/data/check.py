@@ -16,6 +16,7 @@ class CheckReport:
     samples: Samples
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), in source order
     good: list[int] = field(default_factory=list)  # indices into samples
+    info: dict = field(default_factory=dict)  # index -> what examine() found (check(examine=...))
 
     @property
     def clean(self) -> Samples:
@@ -31,13 +32,21 @@ def problem(path: str) -> str | None:
         return str(e)
 
 
-def check(source, workers: int | None = None, progress=None) -> CheckReport:
-    """Decode every file of `source`; `progress(n)` is called as files finish."""
+def _plain(path: str) -> tuple[str | None, None]:
+    return problem(path), None
+
+
+def check(source, workers: int | None = None, progress=None, examine=None) -> CheckReport:
+    """Decode every file of `source`; `progress(n)` is called as files finish.
+    examine(path) -> (reason or None, info), when given, replaces the plain decode (one
+    pass for the dataset report); the infos of usable files land in report.info."""
     samples = scan(source)
     workers = workers or min(32, 2 * (os.cpu_count() or 1))
     report = CheckReport(samples)
     with ThreadPoolExecutor(workers) as pool:
-        for i, reason in enumerate(pool.map(problem, samples.paths, chunksize=16)):
+        for i, (reason, info) in enumerate(pool.map(examine or _plain, samples.paths, chunksize=16)):
+            if info is not None:
+                report.info[i] = info
             if reason is None:
                 report.good.append(i)
             else:

@@ -17,7 +17,7 @@ import torch
 
 from .. import __version__, data
 from ..data.transforms import mean_std
-from ..settings import ConfigError
+from ..settings import ConfigError, TrainingError
 from ..pictures import save_curves, save_reconstructions
 from ..files import atomic_write_json, atomic_write_text
 from .finetune import FinetuneConfig, finetune
@@ -49,6 +49,7 @@ class DemoConfig:
     loader: str = "torch"             # the torchvision loader: the path the demo was measured with
     num_workers: int | None = None
     progress: bool = True
+    curve: bool = False               # also run the --quick label curve (fastmae label-curve)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -102,7 +103,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     pre = _pretrain(cfg, out, log)
     t_pre = time.time() - t0
     if pre.checkpoint is None:
-        raise ConfigError("pretraining stopped before writing a checkpoint")
+        raise TrainingError("pretraining stopped before writing a checkpoint")
 
     log(f"[2/4] fine-tuning the pretrained encoder on {cfg.labels_per_class} labels per class")
     t1 = time.time()
@@ -158,8 +159,20 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         "device": _device_name(cfg.device), "torch": torch.__version__, "fastmae": __version__,
         "cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
     }
+    if cfg.curve:
+        from .label_curve import QUICK as CURVE_QUICK, CurveConfig, label_curve
+        log("[+] label curve: accuracy against labels per class, pretrained vs scratch (--quick)")
+        lc = label_curve(CurveConfig(**{**CURVE_QUICK, "loader": cfg.loader}, checkpoint=str(pre.checkpoint),
+                                     output_dir=str(out / "label-curve"), device=cfg.device,
+                                     num_workers=cfg.num_workers, progress=cfg.progress), log=log)
+        result["label_curve"] = {"headline": lc["headline"], "points": lc["points"],
+                                 "labels_saved": lc["labels_saved"]}
     atomic_write_json(result, out / "demo.json")
-    atomic_write_text(_report(result, out, ft, sc), out / "report.md")
+    report = _report(result, out, ft, sc)
+    if cfg.curve:
+        report += ("\n## How many labels does pretraining save?\n\n![label curve](label-curve/curve.png)\n\n"
+                   f"{result['label_curve']['headline']}. Table: [label-curve/curve.md](label-curve/curve.md).\n")
+    atomic_write_text(report, out / "report.md")
     log(f"done in {total / 60:.1f} min: pretrained {ft.final_acc1:.1f}% vs scratch {sc.final_acc1:.1f}% "
         f"top-1 ({cfg.labels_per_class} labels per class); report: {out / 'report.md'}")
     return result
