@@ -190,3 +190,34 @@ def test_auroc_matches_pair_count():
     pairs = [(a > b) + 0.5 * (a == b) for a in s[y] for b in s[~y]]
     assert auroc(s, y) == pytest.approx(np.mean(pairs))
     assert np.isnan(auroc(s, np.zeros(40)))
+
+
+def test_stream_after_all_blocks_then_norm_is_forward_features():
+    from fastmae.models.vit import stream_after
+    torch.manual_seed(0)
+    model = tiny_mae().eval()
+    imgs = torch.randn(2, 3, 16, 16)
+    ids = torch.arange(model.num_patches).expand(2, -1)
+    with torch.no_grad():
+        x = model.embed_patches(imgs, ids)
+        full = model.norm(stream_after(model.blocks, x, len(model.blocks), model.kernels))
+        want = model.forward_features(imgs)
+        first = stream_after(model.blocks, x, 1, model.kernels)
+        ref_first = model.blocks[0](x)
+    torch.testing.assert_close(full, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(first, ref_first, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_layer_and_cross_fitted_calibration(tmp_path):
+    from fastmae.settings import ConfigError
+    model, scorer, ref = _fitted(feature_layer=1)
+    assert ref.meta["feature_layer"] == 1
+    assert ref.calib_scores.numel() == 24 and ref.meta["n_calibration"] == 24  # both halves calibrate
+    imgs = good_images(4, seed=11)
+    again = Scorer(model, reference=ref.save(tmp_path / "r.safetensors"), device="cpu")
+    assert again.feature_layer == 1
+    assert torch.equal(again.score(imgs).score, scorer.score(imgs).score)
+    final = Scorer(model, device="cpu", rounds=2).fit(good_images(24, seed=1), fpr=0.05)
+    assert not torch.equal(final.patch_bank, ref.patch_bank)  # a different layer's features
+    with pytest.raises(ConfigError, match="feature layer"):
+        Scorer(model, device="cpu", feature_layer=len(model.blocks) + 1)

@@ -102,6 +102,9 @@ def test_score_user_errors_exit_2(setup, capsys):
     rc = main(["score", "--checkpoint", str(ckpt), "--reference", str(ref), "--data", str(data),
                "--out", str(tmp / "o"), "--device", "cpu", "--kernels", "torch", "--fpr", "2"])
     assert rc == 2 and "--fpr" in capsys.readouterr().err
+    rc = main(["score", "--checkpoint", str(ckpt), "--reference", str(ref), "--data", str(data),
+               "--out", str(tmp / "o"), "--device", "cpu", "--kernels", "torch", "--feature-layer", "99"])
+    assert rc == 2 and "feature layer must be in 1.." in capsys.readouterr().err
 
 
 def test_drift_exit_codes(setup, capsys):

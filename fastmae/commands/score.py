@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(p, "mask-ratio", type=float, default=0.75, help="mask ratio of the passes (default 0.75: 4 passes)")
     flag(p, "components", default=None,
          help="comma-separated score components (default recon,patch_novelty,novelty)")
+    flag(p, "feature-layer", type=int, default=None,
+         help="patch features from the residual stream after this many encoder blocks "
+              "(default: the final tokens)")
+    flag(p, "bank-size", type=int, default=20000,
+         help="patch features kept in the reference's nearest-neighbour bank (default 20000)")
     flag(p, "calibration-fraction", type=float, default=0.5,
          help="share of the reference folder held out for calibration (default 0.5)")
     flag(p, "top", type=int, default=16,
@@ -38,5 +43,6 @@ def run(args) -> int:
     score_folder(args.checkpoint, args.reference, args.data, args.out, save_reference=args.save_reference,
                  fpr=args.fpr, rounds=args.rounds, mask_ratio=args.mask_ratio, seed=args.seed,
                  device=args.device, precision=args.precision, batch_size=args.batch_size, kernels=args.kernels, top=args.top,
-                 calibration_fraction=args.calibration_fraction, components=comps)
+                 calibration_fraction=args.calibration_fraction, components=comps,
+                 feature_layer=args.feature_layer, bank_size=args.bank_size)
     return 0

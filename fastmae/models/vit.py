@@ -122,6 +122,15 @@ def run_blocks(blocks, x: torch.Tensor, norm: nn.LayerNorm, kernels: str) -> tor
     return add_norm(norm, hidden, residual, kernels)[0]
 
 
+def stream_after(blocks, x: torch.Tensor, depth: int, kernels: str) -> torch.Tensor:
+    """The residual stream (no final norm) after the first `depth` blocks: intermediate
+    features for feature extraction (anomaly scoring)."""
+    hidden, residual = x, None
+    for blk in list(blocks)[:depth]:
+        hidden, residual = blk.forward_split(hidden, residual, kernels)
+    return hidden if residual is None else residual + hidden
+
+
 def init_weights(module: nn.Module) -> None:
     """Official MAE init: xavier-uniform Linear with zero bias, LayerNorm (1, 0)."""
     if isinstance(module, nn.Linear):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..models.vit import stream_after
+
 try:  # faiss is optional: exact L2 search, faster on large banks
     import faiss  # type: ignore
 except ImportError:  # pragma: no cover - depends on the environment
@@ -12,14 +14,21 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 @torch.no_grad()
-def encoder_features(model, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encoder_features(model, imgs: torch.Tensor, layer: int | None = None,
+                     center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(image features (B, D), patch features (B, L, D)), float32, from the encoder's patch
     tokens on the whole image (model.forward_features, the stable public API). The image
-    feature is the tokens' mean; each patch feature is its token minus that mean, so that what
-    the whole picture shares (lighting, colour cast) does not count as a patch's novelty."""
+    feature is the tokens' mean. Patch features are the final tokens, or with `layer` the
+    residual stream after that many blocks (earlier layers keep more local detail); with
+    `center` each minus its image's mean, so that what the whole picture shares (lighting,
+    colour cast) does not count as a patch's novelty."""
     tokens = model.forward_features(imgs)[:, 1:].float()                # (B, L, D)
     mean = tokens.mean(1)
-    return mean, tokens - mean[:, None]
+    if layer is not None:
+        ids = torch.arange(model.num_patches, device=imgs.device).expand(imgs.shape[0], -1)
+        x = model.embed_patches(imgs, ids)
+        tokens = stream_after(model.blocks, x, int(layer), model.kernels)[:, 1:].float()
+    return mean, (tokens - tokens.mean(1, keepdim=True)) if center else tokens
 
 
 class NearestNeighbours:

@@ -7,6 +7,7 @@ Three components, each a question the model can answer about an image:
   the error the model made on the most similar reference patches (nearest in feature space):
   the score is the max of that smoothed ratio;
 - patch_novelty: some patch's features lie far from every reference patch's (max over patches);
+  the features are the final tokens or, with feature_layer=N, the stream after N blocks;
 - novelty: the image's mean-pooled features lie far from the reference images' (kNN).
 Each is z-scored on held-out reference images and the z-scores are averaged."""
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Scorer:
 
     def __init__(self, model, reference=None, *, rounds: int = 2, mask_ratio: float = 0.75,
                  seed: int = 0, device="auto", precision: str | None = None, batch_size: int = 32,
-                 bank_size: int = 20000, knn: int = 3, components=COMPONENTS, sigma: float | None = None):
+                 bank_size: int = 20000, knn: int = 3, components=COMPONENTS, sigma: float | None = None,
+                 feature_layer: int | None = None):
         bad = [c for c in components if c not in COMPONENTS]
         if bad or not components:
             raise ConfigError(f"unknown score component(s) {bad}; choose from {', '.join(COMPONENTS)}")
@@ -73,6 +75,10 @@ class Scorer:
         self.batch_size, self.bank_size, self.knn = int(batch_size), int(bank_size), int(knn)
         self.components = list(components)
         self.sigma = float(model.patch_size) / 2 if sigma is None else float(sigma)
+        depth = len(model.blocks)
+        if feature_layer is not None and not 1 <= int(feature_layer) <= depth:
+            raise ConfigError(f"feature layer must be in 1..{depth} (the encoder's blocks), got {feature_layer}")
+        self.feature_layer = None if feature_layer is None else int(feature_layer)
         self.masks = complementary_masks(model.num_patches, self.mask_ratio, self.rounds, self.seed)
         self.reference = None
         if reference is not None:
@@ -83,6 +89,7 @@ class Scorer:
     def settings(self) -> dict:
         return {"components": self.components, "rounds": self.rounds, "mask_ratio": self.mask_ratio,
                 "seed": self.seed, "bank_size": self.bank_size, "knn": self.knn, "sigma": self.sigma,
+                "feature_layer": self.feature_layer,
                 "model": model_signature(self.model)}
 
     def set_reference(self, ref: Reference) -> None:
@@ -91,6 +98,7 @@ class Scorer:
         self.components = list(m["components"])
         self.rounds, self.mask_ratio, self.seed = int(m["rounds"]), float(m["mask_ratio"]), int(m["seed"])
         self.knn, self.sigma, self.bank_size = int(m["knn"]), float(m["sigma"]), int(m["bank_size"])
+        self.feature_layer = m.get("feature_layer")  # absent in older files: the final tokens
         self.masks = complementary_masks(self.model.num_patches, self.mask_ratio, self.rounds, self.seed)
         self.reference = ref
         self._image_nn = NearestNeighbours(ref.image_bank)
@@ -106,7 +114,7 @@ class Scorer:
         for start in range(0, imgs.shape[0], self.batch_size):
             x = imgs[start:start + self.batch_size].to(self.device)
             with autocast(self.device, self.precision):
-                fi, fp = encoder_features(self.model, x)
+                fi, fp = encoder_features(self.model, x, self.feature_layer)
             outs_i.append(fi.float().cpu())
             outs_p.append(fp.float().cpu())
         return torch.cat(outs_i), torch.cat(outs_p)
@@ -128,9 +136,12 @@ class Scorer:
         grid = per_patch.view(per_patch.shape[0], 1, *self.model.grid_size)
         return F.interpolate(grid, size=self.model.img_size, mode="bilinear", align_corners=False)[:, 0]
 
-    def _raw(self, imgs, image_nn, patch_nn, bank_error):
-        """Raw component scores (N, C) in self.components order and the two maps."""
-        feats, patch_feats = self.features(imgs)
+    def _raw(self, imgs, image_nn, patch_nn, bank_error, pre=None):
+        """Raw component scores (N, C) in self.components order and the two maps. `pre`:
+        the images' (features, patch features, recon maps or None), already computed."""
+        if pre is None:
+            pre = (*self.features(imgs), self.recon_maps(imgs) if "recon" in self.components else None)
+        feats, patch_feats, rmaps = pre
         b, L, d = patch_feats.shape
         dist, idx = patch_nn.search(patch_feats.reshape(b * L, d), k=self.knn)
         pmap = gaussian_blur(self._upsample(dist[:, 0].view(b, L)), self.sigma)
@@ -138,7 +149,7 @@ class Scorer:
         if "recon" in self.components:
             expected = self._upsample(bank_error[idx].mean(1).view(b, L))
             floor = 0.1 * float(bank_error.median()) + 1e-8
-            recon = gaussian_blur(self.recon_maps(imgs) / (expected + floor), self.sigma)
+            recon = gaussian_blur(rmaps / (expected + floor), self.sigma)
         values = {"recon": recon.flatten(1).amax(1) if recon is not None else None,
                   "patch_novelty": pmap.flatten(1).amax(1),
                   "novelty": image_nn.distances(feats, k=self.knn)}
@@ -147,35 +158,46 @@ class Scorer:
 
     # -- reference -------------------------------------------------------------------------
 
+    def _banks(self, feats, patch_feats, rmaps):
+        """(image kNN, patch kNN, per-bank-patch recon error) of one half's features."""
+        sel = subsample(patch_feats.shape[0] * patch_feats.shape[1], self.bank_size, self.seed)
+        bank = patch_feats.reshape(-1, patch_feats.shape[-1])[sel]
+        if rmaps is not None:  # each bank patch's own error: what similar content costs
+            bank_error = F.avg_pool2d(rmaps[:, None], self.model.patch_size).reshape(-1)[sel]
+        else:
+            bank_error = torch.zeros(len(sel))
+        return NearestNeighbours(feats), NearestNeighbours(bank), bank, bank_error
+
     @torch.no_grad()
     def fit(self, imgs: torch.Tensor, fpr: float = 0.01, calibration_fraction: float = 0.5,
             meta: dict | None = None) -> Reference:
-        """Build and use a Reference from good images (N, C, H, W): half fit the feature
-        banks, the held-out half calibrates the component scales and the threshold."""
+        """Build and use a Reference from good images (N, C, H, W): one part fits the feature
+        banks that scoring uses, the held-out part calibrates. Cross-fitted: the held-out part
+        is scored against the fit part's banks and the fit part against banks of the held-out
+        part, so every reference image gives a calibration score (a steadier threshold)."""
         fit_idx, cal_idx = split_reference(imgs.shape[0], calibration_fraction, self.seed)
-        feats, patch_feats = self.features(imgs[fit_idx])
-        image_nn = NearestNeighbours(feats)
-        sel = subsample(patch_feats.shape[0] * patch_feats.shape[1], self.bank_size, self.seed)
-        bank = patch_feats.reshape(-1, patch_feats.shape[-1])[sel]
-        patch_nn = NearestNeighbours(bank)
-        if "recon" in self.components:  # each bank patch's own error: what similar content costs
-            p = self.model.patch_size
-            err = F.avg_pool2d(self.recon_maps(imgs[fit_idx])[:, None], p)
-            bank_error = err.reshape(-1)[sel]
-        else:
-            bank_error = torch.zeros(len(sel))
-        comps, recon, pmap, cal_feats = self._raw(imgs[cal_idx], image_nn, patch_nn, bank_error)
+        feats, patch_feats = self.features(imgs)
+        rmaps = self.recon_maps(imgs) if "recon" in self.components else None
+
+        def part(idx):
+            return feats[idx], patch_feats[idx], None if rmaps is None else rmaps[idx]
+
+        image_nn, patch_nn, bank, bank_error = self._banks(*part(fit_idx))
+        comps, recon, pmap, _ = self._raw(None, image_nn, patch_nn, bank_error, pre=part(cal_idx))
+        other = self._banks(*part(cal_idx))
+        comps2, recon2, pmap2, _ = self._raw(None, other[0], other[1], other[3], pre=part(fit_idx))
+        comps = torch.cat([comps, comps2])
         loc, scale = robust_scale(comps)
         scores = combine(comps, loc, scale)
-        maps = [recon, pmap] if recon is not None else [pmap, pmap]
+        pmap = torch.cat([pmap, pmap2])
+        maps = [torch.cat([recon, recon2]), pmap] if recon is not None else [pmap, pmap]
         map_loc = torch.stack([m.median() for m in maps])
         map_scale = torch.stack([robust_scale(m.flatten())[1] for m in maps])
-        embeddings = torch.empty(imgs.shape[0], feats.shape[1])
-        embeddings[fit_idx], embeddings[cal_idx] = feats, cal_feats
-        ref = Reference(feats, bank, bank_error, embeddings, comps, scores, loc, scale, map_loc, map_scale,
+        ref = Reference(feats[fit_idx], bank, bank_error, feats, comps, scores, loc, scale, map_loc, map_scale,
                         threshold_at_fpr(scores, fpr),
                         {**self.settings(), "fpr": fpr, "n_reference": int(imgs.shape[0]),
-                         "n_calibration": int(len(cal_idx)), **(meta or {})})
+                         "n_calibration": int(scores.numel()), "calibration": "cross-fitted halves",
+                         **(meta or {})})
         self.set_reference(ref)
         return ref
 

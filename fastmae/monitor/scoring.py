@@ -45,12 +45,14 @@ def evaluate(result, labels, masks) -> dict:
 
 def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=None, rounds=2,
                  mask_ratio=0.75, seed=0, device="auto", precision=None, batch_size=32,
-                 top=16, calibration_fraction=0.5, components=None, kernels="auto", log=print) -> dict:
+                 top=16, calibration_fraction=0.5, components=None, kernels="auto", log=print,
+                 feature_layer=None, bank_size=20000) -> dict:
     out = Path(out).expanduser()
     model = load_model(checkpoint, kernels)
     kw = {} if components is None else {"components": components}
     scorer = Scorer(model, rounds=rounds, mask_ratio=mask_ratio, seed=seed, device=device,
-                    precision=precision, batch_size=batch_size, **kw)
+                    precision=precision, batch_size=batch_size, feature_layer=feature_layer,
+                    bank_size=bank_size, **kw)
     t0 = time.perf_counter()
     ref, ref_skipped = reference_for(scorer, reference, fpr, calibration_fraction)
     t_ref = time.perf_counter() - t0
