@@ -79,10 +79,11 @@ def plot(result: dict, path: str) -> None:
             ax.text(i, bottom[i], f"{rate:,.0f} img/s", ha="center", va="bottom", fontsize=9)
         ax.set_title(traffic.GPUS[gpu].name)
         ax.set_ylabel("estimated step time (ms)")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(kinds), fontsize=8)
     fig.suptitle(f"{result['model']} {result['img_size']}px, batch {result['batch']}, "
                  f"{result['precision']}: {NOTE}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
 
 
