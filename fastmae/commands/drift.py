@@ -5,7 +5,7 @@ HELP = "test new images against the reference for drift (exit 0 none, 1 drift, 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .flags import DEVICE_HELP, KERNELS_HELP, PRECISION_HELP, flag
+    from .flags import add_inference_flags, flag
     flag(p, "checkpoint", required=True, help="pretrained MAE (any format fastmae reads)")
     flag(p, "reference", required=True, help="folder of reference images or a reference .safetensors file")
     flag(p, "data", required=True, help="folder of new images")
@@ -13,11 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(p, "report", default=None, help="write an HTML report (embedding PCA, novelty histograms)")
     flag(p, "alpha", type=float, default=0.01, help="drift when the MMD p-value is below this (default 0.01)")
     flag(p, "permutations", type=int, default=1000, help="permutations of the MMD test (default 1000)")
-    flag(p, "batch-size", type=int, default=32)
-    flag(p, "seed", type=int, default=0)
-    flag(p, "device", default="auto", help=DEVICE_HELP)
-    flag(p, "precision", default=None, help=PRECISION_HELP)
-    flag(p, "kernels", default="auto", help=KERNELS_HELP)
+    add_inference_flags(p)
 
 
 def run(args) -> int:

@@ -50,3 +50,12 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     flag(p, "precision", default=None, help=PRECISION_HELP)
     flag(p, "attn", default="auto", help=ATTN_HELP)
     flag(p, "seed", type=int, default=0)
+
+
+def add_inference_flags(p: argparse.ArgumentParser, batch_size: int = 32) -> None:
+    """What the commands that run a trained model over images (score, drift) share."""
+    flag(p, "batch-size", type=int, default=batch_size)
+    flag(p, "seed", type=int, default=0)
+    flag(p, "device", default="auto", help=DEVICE_HELP)
+    flag(p, "precision", default=None, help=PRECISION_HELP)
+    flag(p, "kernels", default="auto", help=KERNELS_HELP)

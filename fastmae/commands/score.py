@@ -5,7 +5,7 @@ HELP = "anomaly scores, heatmaps and an HTML report of new images against good r
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .flags import DEVICE_HELP, KERNELS_HELP, PRECISION_HELP, flag
+    from .flags import add_inference_flags, flag
     flag(p, "checkpoint", required=True, help="pretrained MAE (any format fastmae reads)")
     flag(p, "reference", required=True,
          help="folder of good images (fit + calibrated now) or a reference .safetensors file")
@@ -29,11 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
          help="share of the reference folder held out for calibration (default 0.5)")
     flag(p, "top", type=int, default=16,
          help="heatmap pictures of the N most anomalous images (plus flagged)")
-    flag(p, "batch-size", type=int, default=32)
-    flag(p, "seed", type=int, default=0)
-    flag(p, "device", default="auto", help=DEVICE_HELP)
-    flag(p, "precision", default=None, help=PRECISION_HELP)
-    flag(p, "kernels", default="auto", help=KERNELS_HELP)
+    add_inference_flags(p)
 
 
 def run(args) -> int:
