@@ -76,12 +76,12 @@ def _check_official_images(model, x: torch.Tensor) -> None:
     num_patches = model.pos_embed.shape[1] - 1
     size = getattr(model.patch_embed, "img_size", None)  # timm's PatchEmbed has one
     if x.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(x.shape)}")
+        raise ConfigError(f"images must be (B, C, H, W), got shape {tuple(x.shape)}")
     if size is not None and tuple(x.shape[-2:]) != to_pair(size):
-        raise ValueError(f"images of shape {tuple(x.shape)} do not match the model's img_size "
+        raise ConfigError(f"images of shape {tuple(x.shape)} do not match the model's img_size "
                          f"{to_pair(size)}")
     if x.shape[2] % p or x.shape[3] % p or (x.shape[2] // p) * (x.shape[3] // p) != num_patches:
-        raise ValueError(f"images of shape {tuple(x.shape)} do not give the model's {num_patches} "
+        raise ConfigError(f"images of shape {tuple(x.shape)} do not give the model's {num_patches} "
                          f"patches of {p}x{p}")
 
 

@@ -35,7 +35,7 @@ class MaskedAutoencoderViT(nn.Module):
         super().__init__()
         self.img_size = to_pair(img_size)
         if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
-            raise ValueError(f"img_size {self.img_size[0]}x{self.img_size[1]} is not a multiple "
+            raise ConfigError(f"img_size {self.img_size[0]}x{self.img_size[1]} is not a multiple "
                              f"of the patch size {patch_size}")
         eps = layer_norm_eps(norm_layer) if norm_eps is None else norm_eps
         self.patch_size, self.in_chans = patch_size, in_chans

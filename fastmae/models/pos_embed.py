@@ -6,11 +6,13 @@ float64 and cast once, so fastmae and the official numpy version agree to the bi
 after the cast to float32."""
 import torch
 
+from ..settings import ConfigError
+
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     """(M,) positions -> (M, dim) embedding."""
     if dim % 2:
-        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+        raise ConfigError(f"sin-cos embedding needs an even dimension, got {dim}")
     omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
     omega = 1.0 / 10000**omega
     out = pos.reshape(-1).to(torch.float64)[:, None] * omega[None, :]
@@ -20,7 +22,7 @@ def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
 def sincos_2d(dim: int, grid_hw: tuple[int, int], cls_token: bool = False) -> torch.Tensor:
     """(grid_h * grid_w [+1], dim) float32 embedding; row-major over the patch grid."""
     if dim % 4:
-        raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
+        raise ConfigError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
     gh, gw = grid_hw
     # The official code meshgrids (w, h): the first half of the channels encodes the column.
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")

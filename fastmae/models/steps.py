@@ -18,12 +18,12 @@ def random_masking(batch: int, length: int, mask_ratio: float, noise: torch.Tens
     the same draw as the official code). Returns ids_keep (B, K), mask (B, L) float32 with
     1 = removed, ids_restore (B, L)."""
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        raise ConfigError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     len_keep = int(length * (1 - mask_ratio))
     if noise is None:
         noise = torch.rand(batch, length, device=device)
     elif tuple(noise.shape) != (batch, length):
-        raise ValueError(f"noise must have shape (batch, num_patches) = ({batch}, {length}), got "
+        raise ConfigError(f"noise must have shape (batch, num_patches) = ({batch}, {length}), got "
                          f"{tuple(noise.shape)}")
     ids_shuffle = torch.argsort(noise.to(device), dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)

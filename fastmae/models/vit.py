@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..ops import dispatch
-from ..settings import check_choice
+from ..settings import ConfigError, check_choice
 from . import attention as attn_backends
 
 
@@ -41,7 +41,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, backend: str = "auto"):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.backend = attn_backends.check_backend(backend)
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
