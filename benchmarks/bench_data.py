@@ -25,7 +25,7 @@ images of SRC, upscaled to --big-size, as JPEG q90 into ROOT/all; --prepare DIR 
 `fastmae data prepare ROOT --out DIR` (twice: before and after the rounds, the second into a
 scratch folder) and lets the -prepared contenders read DIR:
 
-    python benchmarks/bench_data.py --make-big /work/shared/data/imagenet-sample --data /tmp/big \
+    python benchmarks/bench_data.py --make-big ../shared/data/imagenet-sample --data /tmp/big \
         --prepare /tmp/big-prepared --batch-size 16 --workers 2 --batches 20 --rounds 3 \
         --contenders torchvision,fastmae-cpu,fastmae-torch,fastmae-cpu-full,fastmae-torch-full,\
 torchvision-prepared,fastmae-cpu-prepared,fastmae-torch-prepared \

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from PIL import Image
 
-IMAGENET_SAMPLE = Path(os.environ.get("FASTMAE_IMAGENET_SAMPLE", "/work/shared/data/imagenet-sample"))
+# The shared sample lies in shared/ beside the checkout (as for CI's clean clone).
+IMAGENET_SAMPLE = Path(os.environ.get(
+    "FASTMAE_IMAGENET_SAMPLE",
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"))
 NEAR_KINDS = ("resized", "reencoded", "cropped")
 
 

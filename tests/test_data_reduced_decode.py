@@ -17,8 +17,9 @@ from fastmae.data import classification_loader, dali_available, pretrain_loader
 from fastmae.data.images import BadImage, decode, load_image
 from fastmae.data.reduced import Opened, jpeg_scale, window_reduced
 from fastmae.data.transforms import EvalTransform, TrainTransform, mean_std, random_crop_flip, sample_generator
+from tests.planted import IMAGENET_SAMPLE
 
-PHOTOS = sorted(glob.glob("/work/shared/data/imagenet-sample/*.JPEG"))
+PHOTOS = sorted(glob.glob(str(IMAGENET_SAMPLE / "*.JPEG")))
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
 BACKENDS = ["torch", pytest.param("dali", marks=needs_dali)]
 # the tolerance the two backends are held to against each other (test_data_dali_resume.py):
