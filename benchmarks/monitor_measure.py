@@ -107,15 +107,28 @@ def select(a) -> dict:
 
 
 CANDIDATES = {
-    "final tokens, 3 components": {},
-    "block 1 features, 3 components": {"feature_layer": 1},
-    "block 3 features, 3 components": {"feature_layer": 3},
-    "final tokens, recon + patch_novelty": {"components": ["recon", "patch_novelty"]},
-    "final tokens, recon only": {"components": ["recon"]},
     "block 1 features, patch_novelty only": {"feature_layer": 1, "components": ["patch_novelty"]},
-    "block 2 features, patch_novelty only": {"feature_layer": 2, "components": ["patch_novelty"]},
-    "block 1 features, recon + patch_novelty": {"feature_layer": 1, "components": ["recon", "patch_novelty"]},
+    "block 2 local-contrast features, patch_novelty, sigma 1":
+        {"feature_layer": 2, "feature_center": "local", "components": ["patch_novelty"], "sigma": 1.0},
+    "block 2 local-contrast, patch_novelty + low-passed recon, sigma 1":
+        {"feature_layer": 2, "feature_center": "local", "components": ["recon", "patch_novelty"],
+         "recon_smooth": 2.0, "sigma": 1.0},
+    "block 3 local-contrast, patch_novelty + low-passed recon, sigma 1":
+        {"feature_layer": 3, "feature_center": "local", "components": ["recon", "patch_novelty"],
+         "recon_smooth": 2.0, "sigma": 1.0},
+    "block 3 image-centred, patch_novelty + low-passed recon, sigma 1":
+        {"feature_layer": 3, "components": ["recon", "patch_novelty"], "recon_smooth": 2.0, "sigma": 1.0},
+    "block 3 image-centred, low-passed recon only, sigma 1":
+        {"feature_layer": 3, "components": ["recon"], "recon_smooth": 2.0, "sigma": 1.0},
+    "block 2 local-contrast, all three components, low-passed recon, sigma 1":
+        {"feature_layer": 2, "feature_center": "local", "recon_smooth": 2.0, "sigma": 1.0},
+    "block 2 local-contrast, patch_novelty + low-passed recon, sigma 2":
+        {"feature_layer": 2, "feature_center": "local", "components": ["recon", "patch_novelty"],
+         "recon_smooth": 2.0, "sigma": 2.0},
 }
+# CLI flag of each Scorer setting a candidate may carry
+FLAGS = {"feature_layer": "--feature-layer", "feature_center": "--feature-center", "sigma": "--sigma",
+         "recon_smooth": "--recon-smooth"}
 
 
 def cli(argv, commands) -> int:
@@ -132,8 +145,7 @@ def run(a):
     if a.select:
         record["selection"] = select(a)
         kw = CANDIDATES[record["selection"]["chosen"]]
-        if "feature_layer" in kw:
-            a.extra += ["--feature-layer", str(kw["feature_layer"])]
+        a.extra += [arg for k, v in kw.items() if k in FLAGS for arg in (FLAGS[k], str(v))]
         if "components" in kw:
             a.extra += ["--components", ",".join(kw["components"])]
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from torchvision.transforms import functional as TF
 import fastmae.data.reduced as reduced_mod
 from fastmae.data import classification_loader, dali_available, pretrain_loader
 from fastmae.data.images import BadImage, decode, load_image
-from fastmae.data.reduced import Opened, jpeg_scale, window_reduced
+from fastmae.data.reduced import EDGE_TOL, Opened, _fit_axis, jpeg_scale, resize_box, window_reduced
 from fastmae.data.transforms import EvalTransform, TrainTransform, mean_std, random_crop_flip, sample_generator
 from tests.planted import IMAGENET_SAMPLE
 
@@ -123,10 +123,12 @@ def test_every_exif_orientation_maps_the_window_to_the_stored_pixels(orientation
     ref = TF.resized_crop(full, *window, [96, 96], TF.InterpolationMode.BICUBIC, antialias=True)
     with Opened(data) as src:
         assert src.size == full.size and src.orientation == orientation
-        got = window_reduced(src, window, 4, (96, 96), 3)
+        got = window_reduced(src, window, 4, (96, 96), 3).permute(1, 2, 0).numpy()  # uint8 (C, H, W) -> HWC
         src.orientation = 1  # the control: the same window taken from the unrotated pixels
-        if orientation != 1:
-            wrong = window_reduced(src, window, 4, (96, 96), 3) if full.size == src.img.size else None
+        if orientation != 1 and full.size == src.img.size:
+            wrong = window_reduced(src, window, 4, (96, 96), 3).permute(1, 2, 0).numpy()
+        else:
+            wrong = None
     assert _psnr(got, ref) > 38
     if orientation != 1 and wrong is not None:
         assert _psnr(wrong, ref) < 30
@@ -187,6 +189,60 @@ def test_resume_with_reduced_decode_is_exact(photos, backend):
     assert len(tail) == 1 and torch.equal(full[1], tail[0])
     again = list(loader.iter_from(1))  # the same loader object, a second time
     assert all(torch.equal(a, b) for a, b in zip(full, again))
+
+
+def _sharp_photo() -> Image.Image:
+    """A real photograph at its own resolution (sharp edges: the hardest case for a shifted
+    resample), or random texture without the sample photos."""
+    if PHOTOS:
+        return Image.open(PHOTOS[len(PHOTOS) // 2]).convert("RGB")
+    return Image.fromarray(_rng().integers(0, 256, (375, 500, 3), dtype=np.uint8))
+
+
+def test_fit_axis_lands_the_box_edges_within_tolerance():
+    rng = _rng()
+    hit = 0
+    for _ in range(400):
+        size, n = int(rng.integers(300, 2000)), int(rng.integers(64, 300))
+        w = float(rng.uniform(n, min(2 * n, size - 1)))
+        x0 = float(rng.integers(0, 4 * (size - int(w)))) / 4  # quarter pixels, as at 1/4 scale
+        x1 = x0 + w
+        fit = _fit_axis(x0, x1, size, n)
+        if fit is None:
+            continue
+        hit += 1
+        a, length, k, scale = fit
+        assert a >= 0 and a + length <= size and 0 <= k <= 40
+        assert abs(a + scale * k - x0) <= EDGE_TOL + 1e-9 and abs(a + scale * (k + n) - x1) <= EDGE_TOL + 1e-9
+        support = 2 * scale
+        assert a <= max(0, x0 - support) + 1 and a + length >= min(size, x1 + support)  # the filter's reach
+    assert hit > 250  # most boxes take torch's kernel (measured: about 85% per axis)
+
+
+def test_fast_resize_matches_pillows_exact_box():
+    img = _sharp_photo()
+    rng = _rng()
+    fast = 0
+    for _ in range(12):
+        w, h = (float(rng.integers(4 * 96, 4 * 180)) / 4 for _ in range(2))
+        x0 = float(rng.integers(8, 4 * int(img.width - w))) / 4
+        y0 = float(rng.integers(8, 4 * int(img.height - h))) / 4
+        box = (x0, y0, x0 + w, y0 + h)
+        got = resize_box(img, box, (96, 80))
+        want = np.asarray(img.resize((96, 80), Image.BICUBIC, box=box)).transpose(2, 0, 1)
+        assert got.shape == (3, 80, 96) and got.dtype == torch.uint8
+        diff = np.abs(got.numpy().astype(int) - want)
+        fast += _fit_axis(box[0], box[2], img.width, 96) is not None and _fit_axis(box[1], box[3], img.height, 80) is not None
+        assert diff.mean() < 0.4 and _psnr(got.numpy(), want) > 48  # measured: <0.2 levels, >55 dB (0.5 px off: ~1 level)
+    assert fast >= 4
+
+
+def test_fast_resize_takes_pillows_exact_box_where_the_filter_reaches_the_edge():
+    img = _sharp_photo()
+    box = (0.75, 1.25, 0.75 + 150.5, 1.25 + 120.25)  # the filter of the first outputs reaches pixel 0
+    assert _fit_axis(box[0], box[2], img.width, 64) is None
+    want = np.asarray(img.resize((64, 48), Image.BICUBIC, box=box)).transpose(2, 0, 1)
+    assert np.array_equal(resize_box(img, box, (64, 48)).numpy(), want)
 
 
 def _broken_jpeg(rng) -> bytes:

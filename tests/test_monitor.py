@@ -212,7 +212,8 @@ def test_feature_layer_and_cross_fitted_calibration(tmp_path):
     from fastmae.settings import ConfigError
     model, scorer, ref = _fitted(feature_layer=1)
     assert ref.meta["feature_layer"] == 1
-    assert ref.calib_scores.numel() == 24 and ref.meta["n_calibration"] == 24  # both halves calibrate
+    assert ref.calib_scores.numel() == 24 and ref.meta["n_calibration"] == 24  # every image calibrates
+    assert ref.meta["calibration"] == "cross-fitted, 2 folds" and ref.patch_bank.shape[0] == 24 * model.num_patches
     imgs = good_images(4, seed=11)
     again = Scorer(model, reference=ref.save(tmp_path / "r.safetensors"), device="cpu")
     assert again.feature_layer == 1
@@ -221,3 +222,66 @@ def test_feature_layer_and_cross_fitted_calibration(tmp_path):
     assert not torch.equal(final.patch_bank, ref.patch_bank)  # a different layer's features
     with pytest.raises(ConfigError, match="feature layer"):
         Scorer(model, device="cpu", feature_layer=len(model.blocks) + 1)
+
+
+def test_local_contrast_is_each_patch_minus_its_neighbours_mean():
+    from fastmae.monitor.novelty import local_contrast
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 6 * 5, 3, generator=g)
+    got = local_contrast(tokens, (6, 5), radius=1)
+    grid = tokens.view(2, 6, 5, 3)
+    for b, i, j in [(0, 0, 0), (1, 2, 3), (0, 5, 4), (1, 3, 0)]:
+        nb = [grid[b, min(max(i + di, 0), 5), min(max(j + dj, 0), 4)]
+              for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]  # border repeats outward
+        torch.testing.assert_close(got[b, i * 5 + j], grid[b, i, j] - torch.stack(nb).mean(0))
+    # What a whole picture shares (a constant offset) is gone; a local bump is not.
+    shifted = local_contrast(tokens + 5.0, (6, 5), radius=1)
+    torch.testing.assert_close(shifted, got, atol=1e-5, rtol=0)
+
+
+def test_recon_smooth_compares_low_passed_averaged_reconstruction():
+    from fastmae.monitor.recon import gaussian_blur
+    torch.manual_seed(0)
+    model = tiny_mae().eval()
+    imgs = torch.randn(2, 3, 16, 16)
+    m = complementary_masks(model.num_patches, 0.75, 2, seed=1)
+    got = reconstruction_error(model, imgs, m, smooth=1.5, max_batch=8)
+    with torch.no_grad():  # reference: one pass at a time, predictions of hidden patches averaged
+        pred_sum = torch.zeros(2, model.num_patches, 48)
+        count = torch.zeros(2, model.num_patches, 1)
+        for p in range(m.noise.shape[0]):
+            _, pred, mask = model(imgs, m.mask_ratio, m.noise[p:p + 1].expand(2, -1))
+            pred_sum += pred * mask[..., None]
+            count += mask[..., None]
+        recon = model.unpatchify(pred_sum / count)
+    target = model.unpatchify(training_target(model, imgs))
+    want = (gaussian_blur(recon, 1.5) - gaussian_blur(target, 1.5)).pow(2).mean(1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    # Low-passing removes what the model cannot place: a fine checkerboard added to the image
+    # raises the raw error far more than the smoothed one.
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 2 - 1).float()
+    raw0, raw1 = (reconstruction_error(model, x, m) for x in (imgs, imgs + checker))
+    sm0, sm1 = (reconstruction_error(model, x, m, smooth=1.5) for x in (imgs, imgs + checker))
+    assert (raw1 - raw0).mean() > 10 * (sm1 - sm0).abs().mean()
+
+
+def test_scorer_settings_round_trip_through_the_reference_file(tmp_path):
+    _, scorer, ref = _fitted(feature_layer=1, feature_center="local", recon_smooth=1.0, sigma=1.0)
+    ref.save(tmp_path / "ref.safetensors")
+    fresh = Scorer(scorer.model, reference=tmp_path / "ref.safetensors", device="cpu")
+    assert (fresh.feature_center, fresh.recon_smooth, fresh.sigma, fresh.feature_layer) == ("local", 1.0, 1.0, 1)
+    imgs = good_images(4, seed=11)
+    assert torch.equal(fresh.score(imgs).score, scorer.score(imgs).score)
+    with pytest.raises(Exception, match="centring"):
+        Scorer(scorer.model, device="cpu", feature_center="ring")
+
+
+def test_reference_folds_partition_the_reference():
+    from fastmae.monitor.calibrate import reference_folds
+    folds = reference_folds(400, 0.2, seed=3)
+    assert len(folds) == 5 and all(len(f) == 80 for f in folds)
+    assert torch.equal(torch.cat(folds).sort().values, torch.arange(400))
+    assert len(reference_folds(25, 0.2, seed=3)) == 2  # no fold under 10 images
+    assert not torch.equal(reference_folds(400, 0.2, seed=4)[0], folds[0])
+    with pytest.raises(DataError, match="at least 20"):
+        reference_folds(19, 0.2, seed=0)

@@ -70,7 +70,7 @@ def test_score_writes_outputs_escapes_names_and_skips_bad_files(setup, capsys):
     assert [s["path"].endswith("broken.png") for s in res["skipped"]] == [True]
     assert set(res["images"][0]) >= {"path", "score", "recon", "patch_novelty", "novelty", "verdict"}
     m = res["metrics"]
-    assert 0.0 <= m["image_auroc"] <= 1.0 and 0.0 <= m["pixel_auroc"] <= 1.0
+    assert 0.0 <= m["image_auroc"] <= 1.0 and 0.0 <= m["pixel_auroc"] <= 1.0 and 0.0 <= m["pro"] <= 1.0
     assert m["n_good"] == 7 and m["n_defective"] == 5
     assert res["images_per_s"] > 0
     html = (out / "report.html").read_text()

@@ -23,10 +23,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(p, "feature-layer", type=int, default=None,
          help="patch features from the residual stream after this many encoder blocks "
               "(default: the final tokens)")
-    flag(p, "bank-size", type=int, default=20000,
-         help="patch features kept in the reference's nearest-neighbour bank (default 20000)")
-    flag(p, "calibration-fraction", type=float, default=0.5,
-         help="share of the reference folder held out for calibration (default 0.5)")
+    flag(p, "feature-center", default="image",
+         help="patch features measured against the image's mean (image, default), their "
+              "neighbours' mean (local: a patch counts by how it differs from its surroundings) or nothing (none)")
+    flag(p, "sigma", type=float, default=None,
+         help="Gaussian smoothing of the heatmaps in pixels (default: half a patch)")
+    flag(p, "recon-smooth", type=float, default=0.0, metavar="SIGMA",
+         help="compare reconstruction and image after a Gaussian blur of SIGMA pixels: colour and "
+              "shape errors, not fine texture the model cannot predict (default 0: raw error)")
+    flag(p, "bank-size", type=int, default=50000,
+         help="patch features kept in the reference's nearest-neighbour bank (default 50000)")
+    flag(p, "calibration-fraction", type=float, default=0.2,
+         help="calibration is cross-fitted: each share this size of the reference folder is scored "
+              "against banks of the rest (default 0.2: five folds)")
     flag(p, "top", type=int, default=16,
          help="heatmap pictures of the N most anomalous images (plus flagged)")
     add_inference_flags(p)
@@ -40,5 +49,6 @@ def run(args) -> int:
                  fpr=args.fpr, rounds=args.rounds, mask_ratio=args.mask_ratio, seed=args.seed,
                  device=args.device, precision=args.precision, batch_size=args.batch_size, kernels=args.kernels, top=args.top,
                  calibration_fraction=args.calibration_fraction, components=comps,
-                 feature_layer=args.feature_layer, bank_size=args.bank_size)
+                 feature_layer=args.feature_layer, bank_size=args.bank_size, recon_smooth=args.recon_smooth,
+                 feature_center=args.feature_center, sigma=args.sigma)
     return 0

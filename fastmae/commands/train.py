@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
           help="linear lr warm-up (default: the preset's, 2 or 40, at most 10%% of --epochs)")
     _flag(p, "weight-decay", type=float)
     _flag(p, "mask-ratio", type=float)
+    _flag(p, "min-crop-scale", type=float,
+          help="smallest crop, as a share of the image (default 0.2, MAE's); near 1 when the camera is fixed")
     _flag(p, "norm-pix-loss", action="store_true", help="per-patch normalised pixel targets")
     _flag(p, "img-size", type=int)
     _flag(p, "in-chans", type=int, help="3 (RGB) or 1 (grayscale)")

@@ -10,7 +10,8 @@ windows.
 
 On the CPU, a JPEG whose window is at least twice the output size is not decoded by DALI:
 its header gives the window, then Pillow decodes it at the smallest DCT scale that keeps the
-window >= the output size (reduced.py), in a thread pool, while DALI decodes the rest. DALI's
+window >= the output size (reduced.py; the header parsed for the window is handed on, not
+parsed again), in a thread pool, while DALI decodes the rest. DALI's
 decoders have no scaled decode, and Pillow's 1/2-1/8 decode plus resize measured faster than
 DALI's full-resolution ROI decode alone (benchmarks/bench_data.py, docs/data.md).
 
@@ -21,14 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..settings import DataError
 from .base import Loader
 from .images import BadImage, decoded_size, load_image
 from .reduced import Opened, eval_reduced, jpeg_scale, window_reduced
-from .transforms import (eval_resize, mean_std, normalize_uint8, random_crop_flip, resize_shorter_centre_crop,
-                         resize_uint8, sample_generator)
+from .transforms import (eval_resize, mean_std, normalize_uint8, pil_to_uint8, random_crop_flip,
+                         resize_shorter_centre_crop, resize_uint8, sample_generator)
 
 MAX_SUBSTITUTES = 32  # a bad file is replaced by the next index; give up after this many in a row
 
@@ -56,23 +56,20 @@ def _is_jpeg(data) -> bool:
     return bytes(data[:3]) == b"\xff\xd8\xff"
 
 
-def pillow_sample(data, window, flip: bool, img_size: int, in_chans: int) -> torch.Tensor:
+def pillow_sample(source, window, flip: bool, img_size: int, in_chans: int) -> torch.Tensor:
     """One sample decoded by Pillow, as (C, s, s) uint8: training, the window (top, left,
     h, w) resized and flipped; evaluation (window None), resize + centre crop. A JPEG is
-    decoded at the smallest DCT scale the output allows. Runs on pool threads (Pillow
-    releases the GIL). BadImage if the file cannot be decoded."""
+    decoded at the smallest DCT scale the output allows. `source`: the encoded bytes, or
+    an Opened header (closed here). Runs on pool threads (Pillow and torch release the
+    GIL). BadImage if the file cannot be decoded."""
     s = img_size
-    with Opened(data) as src:
+    with source if isinstance(source, Opened) else Opened(source) as src:
         if window is None:
             d = jpeg_scale(*src.size, eval_resize(s)) if src.reducible else 1
-            img = eval_reduced(src, d, eval_resize(s), s, in_chans)
-        else:
-            d = jpeg_scale(window[3], window[2], s) if src.reducible else 1
-            img = window_reduced(src, window, d, (s, s), in_chans)
-    if flip:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    a = np.array(img)
-    return torch.from_numpy(a if a.ndim == 3 else a[..., None]).permute(2, 0, 1)
+            return pil_to_uint8(eval_reduced(src, d, eval_resize(s), s, in_chans))
+        d = jpeg_scale(window[3], window[2], s) if src.reducible else 1
+        x = window_reduced(src, window, d, (s, s), in_chans)
+    return x.flip(-1) if flip else x
 
 
 class _Feeder:
@@ -93,23 +90,21 @@ class _Feeder:
         pending = {}
         s = loader.img_size
         for index in self.plan[i]:
-            j, data, size = loader._read(index)
+            j, data, size, src = loader._read(index, keep_header=self.pool is not None)
             window, flip = None, False
             if loader.train:
                 g = sample_generator(loader.seed, self.epoch, j)
                 window, flip = random_crop_flip(size[0], size[1], loader.scale, g)
-            if self.pool is not None and _is_jpeg(data):
+            if src is not None:  # a JPEG, with the reduced decode on
                 if window is not None:
                     d = jpeg_scale(window[3], window[2], s)
                 else:
-                    try:
-                        size = decoded_size(data)
-                    except BadImage:
-                        size = None  # DALI meets it, and _diagnose names it
-                    d = 1 if size is None else jpeg_scale(*size, eval_resize(s))
+                    d = 1 if src.orientation is None else jpeg_scale(*src.size, eval_resize(s))
                 if d > 1:
-                    pending[len(encoded)] = self.pool.submit(pillow_sample, data, window, flip, s, loader.in_chans)
+                    pending[len(encoded)] = self.pool.submit(pillow_sample, src, window, flip, s, loader.in_chans)
                     data, window, flip = _PLACEHOLDER, (0, 0, 8, 8), False
+                else:
+                    src.close()
             encoded.append(data)
             indices.append(j)
             if loader.train:
@@ -151,9 +146,11 @@ class DaliLoader(Loader):
         self._bad.add(i)
         self._record_skips([(self.samples.paths[i], reason)])
 
-    def _read(self, index: int) -> tuple[int, np.ndarray, tuple[int, int] | None]:
+    def _read(self, index: int, keep_header: bool = False) -> tuple[int, np.ndarray, tuple[int, int] | None,
+                                                                   Opened | None]:
         """The sample read in place of `index` (itself, or the next usable one), its bytes
-        for DALI and, for training, the (width, height) DALI decodes it to."""
+        for DALI, for training the (width, height) DALI decodes it to, and with
+        keep_header, for a JPEG, its Opened header (the caller closes it; else None)."""
         n = len(self.samples)
         for k in range(min(n, MAX_SUBSTITUTES)):
             i = (index + k) % n
@@ -169,21 +166,28 @@ class DaliLoader(Loader):
             if not data:
                 self._mark_bad(i, "empty file (0 bytes)")
                 continue
-            size = None
+            size, src = None, None
             try:
                 native = i not in self._via_pillow and _dali_native(data[:16])
-                if native and self.train:
+                if native and keep_header and _is_jpeg(data):
+                    src = Opened(data)  # = decoded_size's checks, kept for the reduced decode
+                    if self.train:
+                        size = src.size if src.orientation is not None else None
+                elif native and self.train:
                     size = decoded_size(data)  # header only, EXIF orientation applied
-                    if size is None:
-                        self._via_pillow.add(i)
-                        native = False
+                if native and self.train and size is None:
+                    self._via_pillow.add(i)
+                    native = False
                 if not native:
+                    if src is not None:
+                        src.close()
+                        src = None
                     img = load_image(path, self.in_chans)
                     data, size = _pnm(img), img.size
             except BadImage as e:
                 self._mark_bad(i, str(e))
                 continue
-            return i, np.frombuffer(data, dtype=np.uint8), size
+            return i, np.frombuffer(data, dtype=np.uint8), size, src
         raise DataError(f"{MAX_SUBSTITUTES} image files in a row cannot be used, e.g. "
                         f"{self.samples.paths[index]}; run `fastmae data check` on the source")
 
@@ -284,7 +288,7 @@ class DaliLoader(Loader):
         self._mark_bad(indices[pos], reason)
         n = len(self.samples)
         for _ in range(MAX_SUBSTITUTES):
-            j, data, size = self._read((indices[pos] + 1) % n)
+            j, data, size, _ = self._read((indices[pos] + 1) % n)
             window, flip = None, False
             if self.train:
                 window, flip = random_crop_flip(size[0], size[1], self.scale, sample_generator(self.seed, epoch, j))

@@ -144,12 +144,12 @@ def _build(source, *, train, scale, with_labels, img_size, batch_size, backend, 
 
 def pretrain_loader(source, *, img_size=224, batch_size=64, backend="auto", device="cuda",
                     num_workers=None, seed=0, rank=0, world_size=1, in_chans=3, dtype=torch.float32,
-                    drop_last=True, validate=True):
+                    drop_last=True, validate=True, scale=PRETRAIN_SCALE):
     """Batches of images (B, C, H, W), normalised with ImageNet mean/std, on `device` in
-    `dtype`: RandomResizedCrop(img_size, scale 0.2-1, bicubic) + horizontal flip, MAE's
-    pretraining augmentation. `validate` drops unusable files (from their headers) up front;
+    `dtype`: RandomResizedCrop(img_size, `scale`, bicubic) + horizontal flip, MAE's
+    pretraining augmentation (scale 0.2-1). `validate` drops unusable files (from their headers) up front;
     files that still fail to decode are skipped when met. Both land in loader.skipped."""
-    return _build(source, train=True, scale=PRETRAIN_SCALE, with_labels=False, img_size=img_size,
+    return _build(source, train=True, scale=tuple(scale), with_labels=False, img_size=img_size,
                   batch_size=batch_size, backend=backend, device=device, num_workers=num_workers, seed=seed,
                   rank=rank, world_size=world_size, in_chans=in_chans, dtype=dtype, drop_last=drop_last,
                   validate=validate)

@@ -8,12 +8,24 @@ and resized. Other formats, and windows too small to reduce, take the full decod
 At scale 1/d, decoded pixel k covers source pixels [k*d, (k+1)*d) (libjpeg's DCT scaling),
 so a window maps to the fractional box window/d exactly; Pillow's resize(box=...) resamples
 that box without rounding it to whole pixels. EXIF orientation is handled by mapping the
-window back to the stored (unrotated) pixels and rotating the small output instead."""
+window back to the stored (unrotated) pixels and rotating the small output instead.
+
+The box's resize (window_reduced) runs in torch's vectorised antialiased bicubic kernel
+(Pillow's filter, about 2x faster here) whenever it can hit the fractional box: that kernel
+maps output pixel i to the input centre scale * (i + 0.5) from its input's first pixel, so
+the input is cut at a whole pixel a and k extra leading outputs are computed and dropped,
+with a, k and the scale chosen so that the box's edges land within EDGE_TOL decoded pixels
+of the exact ones (0.2 source pixels at 1/4; crop_params itself rounds a window to whole
+source pixels). About a quarter of boxes cannot be hit that closely; they, and boxes whose
+filter would reach past the image edge, are resized by Pillow with the exact box."""
 from __future__ import annotations
 
 import io
+import math
 import os
 
+import numpy as np
+import torch
 from PIL import Image
 
 from .images import JPEG, BadImage, decode, open_checked, to_mode
@@ -127,22 +139,81 @@ def _stored_box(box, size, orientation: int):
     return H - y1, x0, H - y0, x1  # 8, turned counter-clockwise: stored (H - y, x)
 
 
-def window_reduced(src: Opened, window, d: int, out_size, in_chans: int) -> Image.Image:
+EDGE_TOL = 0.05  # decoded pixels a fast-resized box's edge may be off (see the module doc)
+_EXTRA_MAX = 40  # leading outputs torch may compute and drop to hit the box (cost <= 18%)
+
+
+def _fit_axis(x0: float, x1: float, size: int, n: int):
+    """How torch's kernel resizes [x0, x1) of an axis of `size` decoded pixels to n outputs:
+    (a, length, k, scale) = the input slice [a, a + length), computing k + n outputs at
+    `scale` input pixels each and keeping the last n, with both box edges within EDGE_TOL;
+    None if no k <= _EXTRA_MAX gets there, or the filter reaches the image's first pixel
+    (Pillow truncates the filter there, torch would at a)."""
+    s = (x1 - x0) / n
+    support = 2.0 * max(s, 1.0)  # bicubic, widened by the downscale (antialiasing), as Pillow
+    first = math.floor(x0 + 0.5 * s - support + 0.5)  # Pillow's first tap of output 0
+    if first < 0 and x0 != 0:
+        return None
+    best = None
+    for k in range(_EXTRA_MAX + 1):
+        a = min(round(x0 - s * k), max(first, 0))
+        if a < 0:
+            break
+        scale = (x0 + x1 - 2 * a) / (2 * k + n)  # edge errors +e and -e, the smallest both can be
+        e = a + scale * k - x0
+        if abs(e) <= EDGE_TOL and (best is None or abs(e) < abs(best[3])):
+            best = (a, k, scale, e)
+            if abs(e) <= EDGE_TOL / 8:
+                break
+    if best is None:
+        return None
+    a, k, scale, _ = best
+    end = min(size, math.floor(x0 + (n - 0.5) * s + support + 0.5) + 2)  # past the last tap
+    return a, end - a, k, scale
+
+
+def _to_chw(img: Image.Image) -> torch.Tensor:
+    a = torch.from_numpy(np.array(img))  # np.array: a writable copy (np.asarray's is read-only)
+    return (a[..., None] if a.ndim == 2 else a).permute(2, 0, 1)
+
+
+def resize_box(img: Image.Image, box, out_size) -> torch.Tensor:
+    """img (RGB or L) resized from the fractional box (x0, y0, x1, y1) to out_size (w, h),
+    antialiased bicubic, as uint8 (C, h, w): torch's kernel when _fit_axis hits the box on
+    both axes, else Pillow's resize(box=...)."""
+    ow, oh = out_size
+    fx = _fit_axis(box[0], box[2], img.width, ow)
+    fy = _fit_axis(box[1], box[3], img.height, oh) if fx is not None else None
+    if fy is None:
+        return _to_chw(img.resize(out_size, Image.Resampling.BICUBIC, box=box)).contiguous()
+    ax, lx, kx, sx = fx
+    ay, ly, ky, sy = fy
+    x = _to_chw(img.crop((ax, ay, ax + lx, ay + ly)))[None]  # channels-last: the kernel's fast layout
+    out = torch.ops.aten._upsample_bicubic2d_aa(x, [ky + oh, kx + ow], False, 1.0 / sy, 1.0 / sx)
+    return out[0, :, ky:, kx:]
+
+
+# EXIF orientation -> the same transpose on a (C, H, W) tensor
+_TENSOR_TRANSPOSE = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: lambda t: t.flip(-2),
+                     5: lambda t: t.transpose(-2, -1), 6: lambda t: t.transpose(-2, -1).flip(-1),
+                     7: lambda t: t.transpose(-2, -1).flip(-2, -1), 8: lambda t: t.transpose(-2, -1).flip(-2)}
+
+
+def window_reduced(src: Opened, window, d: int, out_size, in_chans: int) -> torch.Tensor:
     """The oriented window (top, left, h, w) of `src`, decoded at 1/d and resized (bicubic,
-    antialiased) to out_size (h, w): what TF.resized_crop gives on the full decode, up to
-    the DCT scaling's own smoothing."""
+    antialiased) to out_size (h, w), as uint8 (C, h, w): what TF.resized_crop gives on the
+    full decode, up to the DCT scaling's own smoothing."""
     top, left, h, w = window
     orientation = src.orientation
     if orientation is None:  # EXIF Pillow cannot parse: the full decode decides what it means
         img = src.decode_full(in_chans)
-        return img.resize(out_size[::-1], Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+        return _to_chw(img.resize(out_size[::-1], Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)))
     x0, y0, x1, y1 = _stored_box((left, top, left + w, top + h), src.size, orientation)
     img = src.decode_stored(d, in_chans)
     oh, ow = out_size
     swap = orientation in (5, 6, 7, 8)
-    out = img.resize((oh, ow) if swap else (ow, oh), Image.Resampling.BICUBIC,
-                     box=(x0 / d, y0 / d, x1 / d, y1 / d))
-    return out if orientation == 1 else out.transpose(_TRANSPOSE[orientation])
+    out = resize_box(img, (x0 / d, y0 / d, x1 / d, y1 / d), (oh, ow) if swap else (ow, oh))
+    return out if orientation == 1 else _TENSOR_TRANSPOSE[orientation](out)
 
 
 def oriented_reduced(src: Opened, d: int, in_chans: int) -> Image.Image:

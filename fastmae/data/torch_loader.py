@@ -1,6 +1,8 @@
 """The torchvision baseline: Pillow decode + torchvision transforms in DataLoader workers.
 Each sample's augmentation comes from its own torch.Generator seeded by (seed, epoch,
-index), so any batch can be recomputed exactly (resume mid-epoch)."""
+index), so any batch can be recomputed exactly (resume mid-epoch). Workers return uint8
+images (a quarter of float32's bytes through shared memory and, on a GPU, the PCIe bus);
+ToTensor + Normalize run once per batch, on the training device, with the same arithmetic."""
 from __future__ import annotations
 
 import torch
@@ -15,7 +17,7 @@ MAX_SUBSTITUTES = 32  # a bad file is replaced by the next index; give up after 
 
 
 class _SampleDataset(Dataset):
-    """Item (epoch, index) -> (image tensor, label, [(path, reason) of files skipped])."""
+    """Item (epoch, index) -> (uint8 image (C, H, W), label, [(path, reason) of files skipped])."""
 
     def __init__(self, samples, transform, seed: int, in_chans: int):
         self.paths = samples.paths
@@ -35,7 +37,7 @@ class _SampleDataset(Dataset):
             i = (index + k) % n
             g = sample_generator(self.seed, epoch, i)
             try:
-                x = self.transform.from_file(self.paths[i], self.in_chans, g)
+                x = self.transform.pixels_from_file(self.paths[i], self.in_chans, g)
             except BadImage as e:
                 skipped.append((self.paths[i], str(e)))
                 continue
@@ -95,7 +97,9 @@ class TorchLoader(Loader):
         return self._generate(iter(self._dl))
 
     def _generate(self, it):
+        normalize = self._dl.dataset.transform.normalize
+        non_blocking = self.device.type == "cuda"
         for imgs, labels, skipped in it:
             if skipped:
                 self._record_skips(skipped)
-            yield self._out(imgs, labels)
+            yield self._out(normalize(imgs.to(self.device, non_blocking=non_blocking)), labels)

@@ -1,10 +1,14 @@
 """The augmentations of MAE pretraining and fine-tuning, as torchvision ops on PIL images,
 with every random draw taken from a per-sample torch.Generator (so a sample's augmentation
-is a pure function of its seed)."""
+is a pure function of its seed). `pixels*` give the augmented image as uint8 (C, H, W);
+`normalize` turns one image or a batch into float, exactly as ToTensor + Normalize do, so
+a loader can ship uint8 from its workers (a quarter of the bytes) and normalise per batch,
+on the GPU when it trains on one."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
@@ -70,6 +74,18 @@ def eval_resize(img_size: int) -> int:
     return int(math.floor(img_size / EVAL_CROP_PCT))
 
 
+def pil_to_uint8(img) -> torch.Tensor:
+    """An 8-bit RGB or L PIL image as uint8 (C, H, W) (a view of a writable copy)."""
+    a = torch.from_numpy(np.array(img))
+    return (a[..., None] if a.ndim == 2 else a).permute(2, 0, 1)
+
+
+def normalize_pixels(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> float32 (x / 255 - mean) / std, one image or a batch, on x's
+    device: the same arithmetic as TF.to_tensor + TF.normalize, so the same values."""
+    return TF.normalize(x.to(torch.float32).div_(255), mean, std, inplace=True)
+
+
 class TrainTransform:
     """RandomResizedCrop(img_size, scale, ratio 3/4-4/3, bicubic) + RandomHorizontalFlip +
     ToTensor + Normalize, the transform of MAE's main_pretrain.py."""
@@ -82,30 +98,37 @@ class TrainTransform:
         self.mean, self.std = mean_std(in_chans)
 
     def __call__(self, img, g: torch.Generator) -> torch.Tensor:
+        return self.normalize(self.pixels(img, g))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize_pixels(x, self.mean, self.std)
+
+    def pixels(self, img, g: torch.Generator) -> torch.Tensor:
+        """__call__ before ToTensor + Normalize: uint8 (C, H, W)."""
         window, flip = random_crop_flip(img.width, img.height, self.scale, g)
         return self._crop(img, window, flip)
 
     def _crop(self, img, window, flip: bool) -> torch.Tensor:
         img = TF.resized_crop(img, *window, self.size, InterpolationMode.BICUBIC, antialias=True)
-        return self._finish(img, flip)
+        return pil_to_uint8(TF.hflip(img) if flip else img)
 
-    def _finish(self, img, flip: bool) -> torch.Tensor:
-        if flip:
-            img = TF.hflip(img)
-        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
-
-    def from_file(self, path: str, in_chans: int, g: torch.Generator) -> torch.Tensor:
-        """__call__ on the image file at `path`: the window is drawn from the header, then a
+    def pixels_from_file(self, path: str, in_chans: int, g: torch.Generator) -> torch.Tensor:
+        """pixels() of the image file at `path`: the window is drawn from the header, then a
         JPEG is decoded at the smallest DCT scale that keeps the window >= img_size. The
-        same draws as __call__ on the full decode. BadImage if the file cannot be used."""
+        same draws as on the full decode. BadImage if the file cannot be used."""
         with Opened(path) as src:
             if self.reduced and src.reducible:
                 window, flip = random_crop_flip(*src.size, self.scale, g)
                 d = jpeg_scale(window[3], window[2], self.size[0])
                 if d > 1:
-                    return self._finish(window_reduced(src, window, d, self.size, in_chans), flip)
+                    x = window_reduced(src, window, d, self.size, in_chans)
+                    return x.flip(-1) if flip else x
                 return self._crop(oriented_reduced(src, 1, in_chans), window, flip)  # = load_image
-        return self(load_image(path, in_chans), g)
+        return self.pixels(load_image(path, in_chans), g)
+
+    def from_file(self, path: str, in_chans: int, g: torch.Generator) -> torch.Tensor:
+        """__call__ on the image file at `path` (pixels_from_file, normalised)."""
+        return self.normalize(self.pixels_from_file(path, in_chans, g))
 
 
 class EvalTransform:
@@ -124,19 +147,28 @@ class EvalTransform:
                 "interpolation": "bicubic", "mean": list(self.mean), "std": list(self.std)}
 
     def __call__(self, img, g: torch.Generator | None = None) -> torch.Tensor:
-        img = TF.resize(img, self.resize, InterpolationMode.BICUBIC, antialias=True)
-        img = TF.center_crop(img, [self.img_size, self.img_size])
-        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+        return self.normalize(self.pixels(img))
 
-    def from_file(self, path: str, in_chans: int, g: torch.Generator | None = None) -> torch.Tensor:
-        """__call__ on the image file at `path`, a JPEG decoded at the smallest DCT scale
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize_pixels(x, self.mean, self.std)
+
+    def pixels(self, img, g: torch.Generator | None = None) -> torch.Tensor:
+        """__call__ before ToTensor + Normalize: uint8 (C, H, W)."""
+        img = TF.resize(img, self.resize, InterpolationMode.BICUBIC, antialias=True)
+        return pil_to_uint8(TF.center_crop(img, [self.img_size, self.img_size]))
+
+    def pixels_from_file(self, path: str, in_chans: int, g: torch.Generator | None = None) -> torch.Tensor:
+        """pixels() of the image file at `path`, a JPEG decoded at the smallest DCT scale
         that keeps its shorter side >= the resize. BadImage if the file cannot be used."""
         with Opened(path) as src:
             d = jpeg_scale(*src.size, self.resize) if self.reduced and src.reducible else 1
             if d > 1:
-                img = eval_reduced(src, d, self.resize, self.img_size, in_chans)
-                return TF.normalize(TF.to_tensor(img), self.mean, self.std)
-        return self(load_image(path, in_chans))
+                return pil_to_uint8(eval_reduced(src, d, self.resize, self.img_size, in_chans))
+        return self.pixels(load_image(path, in_chans))
+
+    def from_file(self, path: str, in_chans: int, g: torch.Generator | None = None) -> torch.Tensor:
+        """__call__ on the image file at `path` (pixels_from_file, normalised)."""
+        return self.normalize(self.pixels_from_file(path, in_chans, g))
 
 
 # -- batched tensor ops (the DALI backend's CPU path) ----------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from ..settings import DataError
 
-MIN_REFERENCE = 20  # below this a threshold is guesswork: half fit the banks, half calibrate
+MIN_REFERENCE = 20  # below this a threshold is guesswork
 
 
 def check_reference_count(n: int) -> None:
@@ -19,20 +19,24 @@ def check_reference_count(n: int) -> None:
                         "held-out ones for an accurate threshold")
 
 
-def split_reference(n: int, calibration_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fit indices, calibration indices): a seeded split, both parts at least 10 images."""
+def reference_folds(n: int, calibration_fraction: float, seed: int) -> list[torch.Tensor]:
+    """A seeded cut of n images into k = round(1 / calibration_fraction) folds (at least 2,
+    and no fold under 10 images): each fold is held out once while the others fit."""
     check_reference_count(n)
     if not 0.0 < calibration_fraction < 1.0:
         raise DataError(f"calibration fraction must be in (0, 1), got {calibration_fraction}")
-    n_cal = min(n - 10, max(10, round(n * calibration_fraction)))
+    k = max(2, min(round(1.0 / calibration_fraction), n // 10))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    return perm[n_cal:].sort().values, perm[:n_cal].sort().values
+    return [fold.sort().values for fold in perm.tensor_split(k)]
 
 
 def robust_scale(x: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(median, scale) with scale = IQR / 1.349 (the std of a normal), floored so that a
-    constant component cannot divide by zero."""
+    constant component cannot divide by zero. A 1-D input of more than 2**22 values (every
+    pixel of a large reference) is measured on an even stride of them."""
     x = x.float()
+    if x.dim() == 1 and x.numel() > 2**22:  # torch.quantile takes at most 2**24 values
+        x = x[::-(-x.numel() // 2**22)]
     loc = x.median(dim=dim).values
     q = torch.quantile(x, torch.tensor([0.25, 0.75]), dim=dim)
     scale = (q[1] - q[0]) / 1.349

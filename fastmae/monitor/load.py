@@ -15,7 +15,7 @@ def load_model(checkpoint, kernels: str = "auto"):
     return load_mae(checkpoint, kernels=kernels)
 
 
-def reference_for(scorer, source, fpr: float | None = None, calibration_fraction: float = 0.5):
+def reference_for(scorer, source, fpr: float | None = None, calibration_fraction: float = 0.2):
     """Give `scorer` its reference: a reference .safetensors file, or a folder of good images
     (fit and calibrated now). Returns (Reference, skipped files of the folder)."""
     path = Path(source).expanduser()

@@ -4,6 +4,7 @@ the image feature is their mean (MAE's CLS token alone is a weak kNN feature).""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..models.vit import stream_after
 
@@ -13,22 +14,43 @@ except ImportError:  # pragma: no cover - depends on the environment
     faiss = None
 
 
+CENTERING = ("image", "local", "none")  # what each patch feature is measured against
+LOCAL_RADIUS = 2  # "local": the patches within 2 grid steps (a 5 x 5 window) of each patch
+
+
+def local_contrast(tokens: torch.Tensor, grid: tuple[int, int], radius: int = LOCAL_RADIUS) -> torch.Tensor:
+    """(B, L, D) patch tokens minus the mean of their neighbours within `radius` grid steps
+    (themselves excluded; the border repeats outward)."""
+    b, L, d = tokens.shape
+    x = tokens.transpose(1, 2).reshape(b, d, *grid)
+    k = 2 * radius + 1
+    window = F.avg_pool2d(F.pad(x, (radius,) * 4, mode="replicate"), k, 1) * (k * k)
+    context = (window - x) / (k * k - 1)
+    return (x - context).flatten(2).transpose(1, 2)
+
+
 @torch.no_grad()
 def encoder_features(model, imgs: torch.Tensor, layer: int | None = None,
-                     center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                     center: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
     """(image features (B, D), patch features (B, L, D)), float32, from the encoder's patch
     tokens on the whole image (model.forward_features, the stable public API). The image
     feature is the tokens' mean. Patch features are the final tokens, or with `layer` the
-    residual stream after that many blocks (earlier layers keep more local detail); with
-    `center` each minus its image's mean, so that what the whole picture shares (lighting,
-    colour cast) does not count as a patch's novelty."""
+    residual stream after that many blocks (earlier layers keep more local detail), each
+    measured against (`center`) its image's mean ("image": what the whole picture shares,
+    lighting and colour cast, does not count as novelty), its neighbours' mean ("local": a
+    patch counts by how it differs from its surroundings, so a stain or a notch stands out
+    even where lighting varies across the picture) or nothing ("none")."""
     tokens = model.forward_features(imgs)[:, 1:].float()                # (B, L, D)
     mean = tokens.mean(1)
     if layer is not None:
         ids = torch.arange(model.num_patches, device=imgs.device).expand(imgs.shape[0], -1)
         x = model.embed_patches(imgs, ids)
         tokens = stream_after(model.blocks, x, int(layer), model.kernels)[:, 1:].float()
-    return mean, (tokens - tokens.mean(1, keepdim=True)) if center else tokens
+    if center == "image":
+        tokens = tokens - tokens.mean(1, keepdim=True)
+    elif center == "local":
+        tokens = local_contrast(tokens, model.grid_size)
+    return mean, tokens
 
 
 class NearestNeighbours:

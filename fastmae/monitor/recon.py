@@ -4,6 +4,7 @@ it used norm_pix_loss, else the normalised image)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import ops
 from .masks import ComplementaryMasks
@@ -21,28 +22,51 @@ def training_target(model, imgs: torch.Tensor) -> torch.Tensor:
     return target
 
 
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(..., H, W) maps smoothed by a separable Gaussian (reflect padding)."""
+    if sigma <= 0:
+        return maps
+    r = max(1, int(3 * sigma + 0.5))
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=maps.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
+    m = F.pad(maps.reshape(-1, 1, h, w), (r, r, r, r), mode="reflect")
+    m = F.conv2d(m, k.view(1, 1, 1, -1))
+    m = F.conv2d(m, k.view(1, 1, -1, 1))
+    return m.view(*lead, h, w)
+
+
 @torch.no_grad()
-def reconstruction_error(model, imgs: torch.Tensor, masks: ComplementaryMasks,
+def reconstruction_error(model, imgs: torch.Tensor, masks: ComplementaryMasks, smooth: float = 0.0,
                          max_batch: int = 256) -> torch.Tensor:
-    """Per-pixel squared error (B, H, W), float32, of the prediction of every patch averaged
-    over the passes that hid it. The B images x R*k passes run as forward passes of at most
-    max_batch images (each image's passes stay in one forward)."""
+    """Per-pixel squared error (B, H, W), float32, averaged over the channels. smooth = 0: the
+    error of every patch's prediction, averaged over the passes that hid it. smooth > 0: the
+    passes' predictions are averaged into one reconstruction, and it and the target are
+    low-passed by a Gaussian of `smooth` pixels before they are compared. An MSE-trained MAE
+    predicts the local mean of fine texture whose phase it cannot pin down, so the raw error
+    is that texture everywhere; the low-passed error is what the model does predict from
+    context (colour, shading, shape), and a defect that changes those stands out.
+    The B images x R*k passes run as forward passes of at most max_batch images (each
+    image's passes stay in one forward)."""
     P = masks.noise.shape[0]
     noise_all = masks.noise.to(imgs.device)
-    hidden_all = masks.hidden.to(imgs.device, torch.float32)
     per = max(1, max_batch // P)
+    unpatch = lambda t: ops.unpatchify(t, model.patch_size, model.grid_size, model.in_chans)  # noqa: E731
     maps = []
     for start in range(0, imgs.shape[0], per):
         x = imgs[start:start + per]
         b = x.shape[0]
         rep = x.repeat_interleave(P, dim=0)
         latent, mask, ids_restore = model.forward_encoder(rep, masks.mask_ratio, noise_all.repeat(b, 1))
-        pred = model.forward_decoder(latent, ids_restore).float()
-        target = training_target(model, x).repeat_interleave(P, dim=0)
-        err = (pred - target).pow_(2).view(b, P, *pred.shape[1:])       # (b, P, L, D)
+        pred = model.forward_decoder(latent, ids_restore).float().view(b, P, -1, model.patch_size ** 2 * model.in_chans)
+        target = training_target(model, x)                              # (b, L, D)
         hid = mask.view(b, P, -1, 1).float()                            # 1 = hidden in that pass
-        err = (err * hid).sum(1) / hid.sum(1).clamp_min(1.0)            # (b, L, D)
-        pixels = ops.unpatchify(err, model.patch_size, model.grid_size, model.in_chans)
-        maps.append(pixels.mean(1))                                     # (b, H, W)
-    del hidden_all
+        count = hid.sum(1).clamp_min(1.0)
+        if smooth > 0:
+            recon = unpatch((pred * hid).sum(1) / count)
+            err = (gaussian_blur(recon, smooth) - gaussian_blur(unpatch(target), smooth)).pow_(2)
+        else:
+            err = unpatch(((pred - target[:, None]).pow_(2) * hid).sum(1) / count)
+        maps.append(err.mean(1))                                        # (b, H, W)
     return torch.cat(maps)

@@ -18,12 +18,12 @@ TENSORS = ("image_bank", "patch_bank", "patch_bank_error", "embeddings", "calib_
 
 @dataclass
 class Reference:
-    image_bank: torch.Tensor        # (N_fit, D) image features of the fit half (novelty kNN)
-    patch_bank: torch.Tensor        # (M, Dp) patch features of the fit half, subsampled
+    image_bank: torch.Tensor        # (N, D) image features of the reference images (novelty kNN)
+    patch_bank: torch.Tensor        # (M, Dp) their patch features, subsampled to the bank size
     patch_bank_error: torch.Tensor  # (M,) reconstruction error of those patches
     embeddings: torch.Tensor        # (N, D) image features of every reference image (drift)
-    calib_components: torch.Tensor  # (N_cal, C) raw component scores of the held-out half
-    calib_scores: torch.Tensor      # (N_cal,) combined scores of the held-out half
+    calib_components: torch.Tensor  # (N, C) raw component scores, each image against the other folds' banks
+    calib_scores: torch.Tensor      # (N,) their combined scores
     comp_loc: torch.Tensor          # (C,) robust location / scale of each component
     comp_scale: torch.Tensor
     map_loc: torch.Tensor           # (2,) location / scale of the recon and patch-novelty maps

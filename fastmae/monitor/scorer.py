@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ..settings import ConfigError, autocast, resolve_device, resolve_precision
-from .calibrate import combine, robust_scale, split_reference, threshold_at_fpr
+from .calibrate import combine, reference_folds, robust_scale, threshold_at_fpr
 from .masks import complementary_masks
-from .novelty import NearestNeighbours, encoder_features, subsample
-from .recon import reconstruction_error
+from .novelty import CENTERING, NearestNeighbours, encoder_features, subsample
+from .recon import gaussian_blur, reconstruction_error
 from .reference import Reference
 
 COMPONENTS = ("recon", "patch_novelty", "novelty")
@@ -43,28 +43,14 @@ def model_signature(model) -> dict:
     return {**cfg, "weights_abs_sum": round(checksum, 3)}
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, H, W) maps smoothed by a separable Gaussian (reflect padding)."""
-    if sigma <= 0:
-        return maps
-    r = max(1, int(3 * sigma + 0.5))
-    x = torch.arange(-r, r + 1, dtype=torch.float32, device=maps.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    m = F.pad(maps[:, None], (r, r, r, r), mode="reflect")
-    m = F.conv2d(m, k.view(1, 1, 1, -1))
-    m = F.conv2d(m, k.view(1, 1, -1, 1))
-    return m[:, 0]
-
-
 class Scorer:
     """Scorer(model, reference=Reference | path.safetensors | None).score(images) -> ScoreResult.
     Without a reference, call fit(images) first (or fastmae.monitor.fit_reference)."""
 
     def __init__(self, model, reference=None, *, rounds: int = 2, mask_ratio: float = 0.75,
                  seed: int = 0, device="auto", precision: str | None = None, batch_size: int = 32,
-                 bank_size: int = 20000, knn: int = 3, components=COMPONENTS, sigma: float | None = None,
-                 feature_layer: int | None = None):
+                 bank_size: int = 50000, knn: int = 3, components=COMPONENTS, sigma: float | None = None,
+                 feature_layer: int | None = None, recon_smooth: float = 0.0, feature_center: str = "image"):
         bad = [c for c in components if c not in COMPONENTS]
         if bad or not components:
             raise ConfigError(f"unknown score component(s) {bad}; choose from {', '.join(COMPONENTS)}")
@@ -79,6 +65,12 @@ class Scorer:
         if feature_layer is not None and not 1 <= int(feature_layer) <= depth:
             raise ConfigError(f"feature layer must be in 1..{depth} (the encoder's blocks), got {feature_layer}")
         self.feature_layer = None if feature_layer is None else int(feature_layer)
+        if recon_smooth < 0:
+            raise ConfigError(f"recon smoothing must be >= 0 pixels, got {recon_smooth}")
+        self.recon_smooth = float(recon_smooth)
+        if feature_center not in CENTERING:
+            raise ConfigError(f"unknown feature centring {feature_center!r}; choose from {', '.join(CENTERING)}")
+        self.feature_center = feature_center
         self.masks = complementary_masks(model.num_patches, self.mask_ratio, self.rounds, self.seed)
         self.reference = None
         if reference is not None:
@@ -89,8 +81,8 @@ class Scorer:
     def settings(self) -> dict:
         return {"components": self.components, "rounds": self.rounds, "mask_ratio": self.mask_ratio,
                 "seed": self.seed, "bank_size": self.bank_size, "knn": self.knn, "sigma": self.sigma,
-                "feature_layer": self.feature_layer,
-                "model": model_signature(self.model)}
+                "feature_layer": self.feature_layer, "recon_smooth": self.recon_smooth,
+                "feature_center": self.feature_center, "model": model_signature(self.model)}
 
     def set_reference(self, ref: Reference) -> None:
         ref.check_model(model_signature(self.model))
@@ -99,6 +91,8 @@ class Scorer:
         self.rounds, self.mask_ratio, self.seed = int(m["rounds"]), float(m["mask_ratio"]), int(m["seed"])
         self.knn, self.sigma, self.bank_size = int(m["knn"]), float(m["sigma"]), int(m["bank_size"])
         self.feature_layer = m.get("feature_layer")  # absent in older files: the final tokens
+        self.recon_smooth = float(m.get("recon_smooth", 0.0))  # absent in older files: raw error
+        self.feature_center = m.get("feature_center", "image")
         self.masks = complementary_masks(self.model.num_patches, self.mask_ratio, self.rounds, self.seed)
         self.reference = ref
         self._image_nn = NearestNeighbours(ref.image_bank)
@@ -114,7 +108,7 @@ class Scorer:
         for start in range(0, imgs.shape[0], self.batch_size):
             x = imgs[start:start + self.batch_size].to(self.device)
             with autocast(self.device, self.precision):
-                fi, fp = encoder_features(self.model, x, self.feature_layer)
+                fi, fp = encoder_features(self.model, x, self.feature_layer, self.feature_center)
             outs_i.append(fi.float().cpu())
             outs_p.append(fp.float().cpu())
         return torch.cat(outs_i), torch.cat(outs_p)
@@ -127,7 +121,7 @@ class Scorer:
         for start in range(0, imgs.shape[0], per):
             x = imgs[start:start + per].to(self.device)
             with autocast(self.device, self.precision):
-                m = reconstruction_error(self.model, x, self.masks)
+                m = reconstruction_error(self.model, x, self.masks, self.recon_smooth)
             out.append(m.float().cpu())
         return torch.cat(out)
 
@@ -159,7 +153,7 @@ class Scorer:
     # -- reference -------------------------------------------------------------------------
 
     def _banks(self, feats, patch_feats, rmaps):
-        """(image kNN, patch kNN, per-bank-patch recon error) of one half's features."""
+        """(image kNN, patch kNN, patch bank, per-bank-patch recon error) of some images' features."""
         sel = subsample(patch_feats.shape[0] * patch_feats.shape[1], self.bank_size, self.seed)
         bank = patch_feats.reshape(-1, patch_feats.shape[-1])[sel]
         if rmaps is not None:  # each bank patch's own error: what similar content costs
@@ -169,35 +163,40 @@ class Scorer:
         return NearestNeighbours(feats), NearestNeighbours(bank), bank, bank_error
 
     @torch.no_grad()
-    def fit(self, imgs: torch.Tensor, fpr: float = 0.01, calibration_fraction: float = 0.5,
+    def fit(self, imgs: torch.Tensor, fpr: float = 0.01, calibration_fraction: float = 0.2,
             meta: dict | None = None) -> Reference:
-        """Build and use a Reference from good images (N, C, H, W): one part fits the feature
-        banks that scoring uses, the held-out part calibrates. Cross-fitted: the held-out part
-        is scored against the fit part's banks and the fit part against banks of the held-out
-        part, so every reference image gives a calibration score (a steadier threshold)."""
-        fit_idx, cal_idx = split_reference(imgs.shape[0], calibration_fraction, self.seed)
+        """Build and use a Reference from good images (N, C, H, W). The banks that scoring
+        uses hold every image. The threshold is calibrated cross-fitted: the images are cut
+        into folds of about `calibration_fraction` of them and each fold is scored against
+        banks of the others, so every reference image gives a calibration score, from a bank
+        nearly as large as the final one (whose slightly nearer neighbours can only make good
+        images score lower: the threshold errs on the quiet side)."""
+        folds = reference_folds(imgs.shape[0], calibration_fraction, self.seed)
         feats, patch_feats = self.features(imgs)
         rmaps = self.recon_maps(imgs) if "recon" in self.components else None
 
         def part(idx):
             return feats[idx], patch_feats[idx], None if rmaps is None else rmaps[idx]
 
-        image_nn, patch_nn, bank, bank_error = self._banks(*part(fit_idx))
-        comps, recon, pmap, _ = self._raw(None, image_nn, patch_nn, bank_error, pre=part(cal_idx))
-        other = self._banks(*part(cal_idx))
-        comps2, recon2, pmap2, _ = self._raw(None, other[0], other[1], other[3], pre=part(fit_idx))
-        comps = torch.cat([comps, comps2])
+        comps, recon, pmap = [], [], []
+        for i, held in enumerate(folds):
+            rest = torch.cat(folds[:i] + folds[i + 1:])
+            image_nn, patch_nn, _, bank_error = self._banks(*part(rest))
+            c, r, p, _ = self._raw(None, image_nn, patch_nn, bank_error, pre=part(held))
+            comps.append(c)
+            pmap.append(p)
+            recon.append(r if r is not None else p)
+        comps, recon, pmap = torch.cat(comps), torch.cat(recon), torch.cat(pmap)
         loc, scale = robust_scale(comps)
         scores = combine(comps, loc, scale)
-        pmap = torch.cat([pmap, pmap2])
-        maps = [torch.cat([recon, recon2]), pmap] if recon is not None else [pmap, pmap]
-        map_loc = torch.stack([m.median() for m in maps])
-        map_scale = torch.stack([robust_scale(m.flatten())[1] for m in maps])
-        ref = Reference(feats[fit_idx], bank, bank_error, feats, comps, scores, loc, scale, map_loc, map_scale,
+        map_loc = torch.stack([m.median() for m in (recon, pmap)])
+        map_scale = torch.stack([robust_scale(m.flatten())[1] for m in (recon, pmap)])
+        _, _, bank, bank_error = self._banks(*part(torch.arange(imgs.shape[0])))
+        ref = Reference(feats.clone(), bank, bank_error, feats, comps, scores, loc, scale, map_loc, map_scale,
                         threshold_at_fpr(scores, fpr),
                         {**self.settings(), "fpr": fpr, "n_reference": int(imgs.shape[0]),
-                         "n_calibration": int(scores.numel()), "calibration": "cross-fitted halves",
-                         **(meta or {})})
+                         "n_calibration": int(scores.numel()),
+                         "calibration": f"cross-fitted, {len(folds)} folds", **(meta or {})})
         self.set_reference(ref)
         return ref
 

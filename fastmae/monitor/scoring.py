@@ -14,7 +14,7 @@ from ..files import atomic_save_file, atomic_write_json, atomic_write_text
 from . import report as R
 from .images import display_image, ground_truth_masks, load_folder
 from .load import load_model, reference_for
-from .metrics import auroc, pixel_auroc
+from .metrics import auroc, pixel_auroc, pro_auc
 from .scorer import Scorer
 
 
@@ -40,19 +40,22 @@ def evaluate(result, labels, masks) -> dict:
         out["component_image_auroc"][name] = auroc(v.numpy(), y)
     if masks is not None:
         out["pixel_auroc"] = pixel_auroc(result.heatmap, masks)
+        out["pro"] = pro_auc(result.heatmap, masks)  # per-region overlap up to 30% FPR
     return out
 
 
 def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=None, rounds=2,
                  mask_ratio=0.75, seed=0, device="auto", precision=None, batch_size=32,
-                 top=16, calibration_fraction=0.5, components=None, kernels="auto", log=print,
-                 feature_layer=None, bank_size=20000) -> dict:
+                 top=16, calibration_fraction=0.2, components=None, kernels="auto", log=print,
+                 feature_layer=None, bank_size=50000, recon_smooth=0.0, feature_center="image",
+                 sigma=None) -> dict:
     out = Path(out).expanduser()
     model = load_model(checkpoint, kernels)
     kw = {} if components is None else {"components": components}
     scorer = Scorer(model, rounds=rounds, mask_ratio=mask_ratio, seed=seed, device=device,
                     precision=precision, batch_size=batch_size, feature_layer=feature_layer,
-                    bank_size=bank_size, **kw)
+                    bank_size=bank_size, recon_smooth=recon_smooth, feature_center=feature_center,
+                    sigma=sigma, **kw)
     t0 = time.perf_counter()
     ref, ref_skipped = reference_for(scorer, reference, fpr, calibration_fraction)
     t_ref = time.perf_counter() - t0
@@ -112,6 +115,7 @@ def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=N
     if metrics:
         sections.append("<h2>Against ground truth</h2>" + R.table([{
             "image AUROC": metrics["image_auroc"], "pixel AUROC": metrics.get("pixel_auroc", "n/a"),
+            "PRO (FPR ≤ 0.3)": metrics.get("pro", "n/a"),
             "FPR on good": metrics["fpr_good"], "recall on defective": metrics["recall_defective"]}])
             + R.table([{"class": k, "image AUROC": v} for k, v in metrics["image_auroc_per_class"].items()]))
     sections.append("<h2>Scores: reference (held-out) vs new</h2>" + R.histogram_svg(
@@ -127,6 +131,7 @@ def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=N
         f"{ref.threshold:.3f} (fpr {ref.meta.get('fpr')}), {ips:.1f} images/s on {scorer.device}"
         + (f"; image AUROC {metrics['image_auroc']:.4f}" if metrics else "")
         + (f", pixel AUROC {metrics['pixel_auroc']:.4f}" if "pixel_auroc" in metrics else "")
+        + (f", PRO {metrics['pro']:.4f}" if "pro" in metrics else "")
         + (f"; skipped {len(summary['skipped'])} unreadable file(s)" if summary["skipped"] else ""))
     log(f"outputs: {out / 'scores.csv'}, {out / 'scores.json'}, {out / 'report.html'}")
     return summary

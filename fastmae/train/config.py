@@ -32,6 +32,7 @@ class TrainConfig:
     warmup_epochs: float | None = None  # unset: the preset's, at most 10% of --epochs
     weight_decay: float = 0.05
     mask_ratio: float = 0.75
+    min_crop_scale: float = 0.2       # RandomResizedCrop area range (min, 1): MAE's 0.2; near 1 for a fixed camera
     norm_pix_loss: bool = False
     img_size: int | None = None
     in_chans: int = 3
@@ -123,6 +124,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}")
     _check(cfg.accum_iter >= 1, f"--accum-iter must be at least 1, got {cfg.accum_iter}")
     _check(0.0 <= cfg.mask_ratio < 1.0, f"--mask-ratio must be in [0, 1), got {cfg.mask_ratio}")
+    _check(0.0 < cfg.min_crop_scale <= 1.0, f"--min-crop-scale must be in (0, 1], got {cfg.min_crop_scale}")
     _check(cfg.blr > 0 and (cfg.lr is None or cfg.lr > 0), "the learning rate must be positive")
     _check(cfg.min_lr >= 0, f"--min-lr must be >= 0, got {cfg.min_lr}")
     _check(0 <= cfg.warmup_epochs <= cfg.epochs,

@@ -94,7 +94,7 @@ def pretrain(cfg: TrainConfig, log=print) -> PretrainResult:
     loader = fdata.pretrain_loader(source, img_size=cfg.img_size, batch_size=cfg.batch_size,
                                    backend=cfg.loader, device=device, num_workers=cfg.num_workers,
                                    seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
-                                   in_chans=cfg.in_chans)
+                                   in_chans=cfg.in_chans, scale=(cfg.min_crop_scale, 1.0))
     if cfg.data is not None and dist.is_main and (hint := fdata.size_hint(loader.samples.paths, cfg.img_size,
                                                                           cfg.data)):
         log(hint)  # photos far larger than the crops: the one-time `fastmae data prepare` pays off
