@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -128,6 +129,7 @@ def test_finished_run_resumes_to_nothing_and_keeps_outputs(images, tmp_path):
     (["--model", "mae_vit_colossal"], "unknown model"),
     (["--output-dir", "{file}/sub"], "cannot write to output dir"),
     (["--mask-ratio", "1.5"], "--mask-ratio"),
+    (["--min-crop-scale", "0"], "--min-crop-scale"),
     (["--epochs", "ten"], "invalid int value"),
     (["--kernels", "cuda"], "--kernels"),
     (["--attn", "flash"], "flash"),
@@ -279,3 +281,26 @@ def test_device_accepts_cuda_index_like_the_resolver(monkeypatch):
         resolve(TrainConfig(device="gpu"))
     with pytest.raises(ConfigError, match="--kernels: unknown kernels 'cuda'"):
         resolve(TrainConfig(kernels="cuda"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_min_crop_scale_one_trains_on_whole_images(tmp_path, backend):
+    """--min-crop-scale 1: every crop is the whole picture (a fixed camera's framing)."""
+    from PIL import Image
+
+    from fastmae.data import pretrain_loader
+    from fastmae.data.transforms import mean_std
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    pixels = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in mean_std(3))
+    want = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - mean) / std
+    for scale, whole in (((1.0, 1.0), True), ((0.2, 1.0), False)):
+        seen = []
+        for seed in range(6):
+            loader = pretrain_loader(tmp_path, img_size=16, batch_size=1, backend=backend, device="cpu",
+                                     num_workers=0, seed=seed, scale=scale)
+            x = next(iter(loader))[0]
+            seen.append(min(float((x - want).abs().max()), float((x - want.flip(-1)).abs().max())))
+        assert (max(seen) < 0.05) if whole else (max(seen) > 0.5), (scale, seen)

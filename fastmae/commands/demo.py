@@ -3,7 +3,8 @@ from scratch, and write a report - on the built-in dataset, on a CPU. `fastmae d
 pretrain on good parts, score defects, test for drift - on the built-in inspection dataset."""
 import argparse
 
-HELP = "the whole story on the built-in dataset: MAE pretraining vs scratch with few labels (--monitor: anomaly detection and drift)"
+HELP = ("the whole story on the built-in dataset: MAE pretraining vs scratch with few labels "
+        "(--monitor: anomaly detection and drift)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
