@@ -213,7 +213,6 @@ def test_feature_layer_and_cross_fitted_calibration(tmp_path):
     model, scorer, ref = _fitted(feature_layer=1)
     assert ref.meta["feature_layer"] == 1
     assert ref.calib_scores.numel() == 24 and ref.meta["n_calibration"] == 24  # every image calibrates
-    assert ref.meta["calibration"] == "cross-fitted, 2 folds" and ref.patch_bank.shape[0] == 24 * model.num_patches
     imgs = good_images(4, seed=11)
     again = Scorer(model, reference=ref.save(tmp_path / "r.safetensors"), device="cpu")
     assert again.feature_layer == 1
@@ -276,12 +275,20 @@ def test_scorer_settings_round_trip_through_the_reference_file(tmp_path):
         Scorer(scorer.model, device="cpu", feature_center="ring")
 
 
-def test_reference_folds_partition_the_reference():
-    from fastmae.monitor.calibrate import reference_folds
-    folds = reference_folds(400, 0.2, seed=3)
-    assert len(folds) == 5 and all(len(f) == 80 for f in folds)
-    assert torch.equal(torch.cat(folds).sort().values, torch.arange(400))
-    assert len(reference_folds(25, 0.2, seed=3)) == 2  # no fold under 10 images
-    assert not torch.equal(reference_folds(400, 0.2, seed=4)[0], folds[0])
-    with pytest.raises(DataError, match="at least 20"):
-        reference_folds(19, 0.2, seed=0)
+def test_calibration_leaves_each_reference_image_out():
+    """Each reference image's calibration score uses its nearest neighbours among the OTHER
+    images: the same as scoring it against banks built without it."""
+    from fastmae.monitor.scorer import _search_others
+    from fastmae.monitor.novelty import NearestNeighbours
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(6, 4, 5, generator=g)                   # 6 images x 4 patches
+    nn = NearestNeighbours(feats.reshape(-1, 5))
+    owner = torch.arange(6).repeat_interleave(4)
+    dist, idx = _search_others(nn, feats.reshape(-1, 5), 2, owner, owner)
+    for i in range(6):
+        others = torch.cat([feats[j] for j in range(6) if j != i])
+        want = torch.cdist(feats[i], others).topk(2, largest=False).values
+        torch.testing.assert_close(dist[i * 4:(i + 1) * 4], want)
+    assert (owner[idx] != owner[:, None]).all()
+    _, scorer, ref = _fitted()
+    assert ref.meta["calibration"] == "leave one image out" and ref.patch_bank.shape[0] == 24 * scorer.model.num_patches

@@ -73,7 +73,9 @@ def test_monitor_demo_runs_the_story_and_writes_its_record(small_dataset):
         {k: v for k, v in ran.items() if k != "num_workers"}
     score = build_parser("score").parse_args(shlex.split(cmds["score"])[1:])
     assert (score.components, score.feature_layer, score.feature_center, score.recon_smooth, score.sigma,
-            score.rounds, score.fpr) == ("recon,patch_novelty", 2, "local", 2.0, 1.0, 1, 0.01)
+            score.rounds, score.fpr) == (",".join(RECIPE["components"]), RECIPE["feature_layer"],
+                                         RECIPE["feature_center"], RECIPE["recon_smooth"], RECIPE["sigma"],
+                                         1, RECIPE["fpr"])
     assert score.save_reference == str(out / "reference.safetensors") and score.data.endswith("test")
     assert "--permutations 199" in cmds["drift_darkened"]
 

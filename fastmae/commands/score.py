@@ -33,9 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
               "shape errors, not fine texture the model cannot predict (default 0: raw error)")
     flag(p, "bank-size", type=int, default=50000,
          help="patch features kept in the reference's nearest-neighbour bank (default 50000)")
-    flag(p, "calibration-fraction", type=float, default=0.2,
-         help="calibration is cross-fitted: each share this size of the reference folder is scored "
-              "against banks of the rest (default 0.2: five folds)")
     flag(p, "top", type=int, default=16,
          help="heatmap pictures of the N most anomalous images (plus flagged)")
     add_inference_flags(p)
@@ -48,7 +45,7 @@ def run(args) -> int:
     score_folder(args.checkpoint, args.reference, args.data, args.out, save_reference=args.save_reference,
                  fpr=args.fpr, rounds=args.rounds, mask_ratio=args.mask_ratio, seed=args.seed,
                  device=args.device, precision=args.precision, batch_size=args.batch_size, kernels=args.kernels, top=args.top,
-                 calibration_fraction=args.calibration_fraction, components=comps,
+                 components=comps,
                  feature_layer=args.feature_layer, bank_size=args.bank_size, recon_smooth=args.recon_smooth,
                  feature_center=args.feature_center, sigma=args.sigma)
     return 0

@@ -19,17 +19,6 @@ def check_reference_count(n: int) -> None:
                         "held-out ones for an accurate threshold")
 
 
-def reference_folds(n: int, calibration_fraction: float, seed: int) -> list[torch.Tensor]:
-    """A seeded cut of n images into k = round(1 / calibration_fraction) folds (at least 2,
-    and no fold under 10 images): each fold is held out once while the others fit."""
-    check_reference_count(n)
-    if not 0.0 < calibration_fraction < 1.0:
-        raise DataError(f"calibration fraction must be in (0, 1), got {calibration_fraction}")
-    k = max(2, min(round(1.0 / calibration_fraction), n // 10))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    return [fold.sort().values for fold in perm.tensor_split(k)]
-
-
 def robust_scale(x: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(median, scale) with scale = IQR / 1.349 (the std of a normal), floored so that a
     constant component cannot divide by zero. A 1-D input of more than 2**22 values (every

@@ -44,8 +44,8 @@ RECIPE = {
     # scoring (fastmae score)
     "fpr": 0.01,
     "rounds": 2,
-    "feature_layer": 2,
-    "feature_center": "local",
+    "feature_layer": 3,
+    "feature_center": "image",
     "components": ["recon", "patch_novelty"],
     "recon_smooth": 2.0,
     "sigma": 1.0,

@@ -15,7 +15,7 @@ def load_model(checkpoint, kernels: str = "auto"):
     return load_mae(checkpoint, kernels=kernels)
 
 
-def reference_for(scorer, source, fpr: float | None = None, calibration_fraction: float = 0.2):
+def reference_for(scorer, source, fpr: float | None = None):
     """Give `scorer` its reference: a reference .safetensors file, or a folder of good images
     (fit and calibrated now). Returns (Reference, skipped files of the folder)."""
     path = Path(source).expanduser()
@@ -29,7 +29,7 @@ def reference_for(scorer, source, fpr: float | None = None, calibration_fraction
     elif path.is_dir():
         data = load_folder(path, scorer.model.img_size, scorer.model.in_chans, what="--reference")
         skipped = data.skipped
-        ref = scorer.fit(data.images, 0.01 if fpr is None else fpr, calibration_fraction,
+        ref = scorer.fit(data.images, 0.01 if fpr is None else fpr,
                          meta={"reference_source": str(path)})
     else:
         raise DataError(f"--reference {path} is neither a folder of good images nor a reference file")

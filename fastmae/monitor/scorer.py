@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..settings import ConfigError, autocast, resolve_device, resolve_precision
-from .calibrate import combine, reference_folds, robust_scale, threshold_at_fpr
+from .calibrate import check_reference_count, combine, robust_scale, threshold_at_fpr
 from .masks import complementary_masks
 from .novelty import CENTERING, NearestNeighbours, encoder_features, subsample
 from .recon import gaussian_blur, reconstruction_error
@@ -130,14 +130,22 @@ class Scorer:
         grid = per_patch.view(per_patch.shape[0], 1, *self.model.grid_size)
         return F.interpolate(grid, size=self.model.img_size, mode="bilinear", align_corners=False)[:, 0]
 
-    def _raw(self, imgs, image_nn, patch_nn, bank_error, pre=None):
+    def _raw(self, imgs, image_nn, patch_nn, bank_error, pre=None, owner=None):
         """Raw component scores (N, C) in self.components order and the two maps. `pre`:
-        the images' (features, patch features, recon maps or None), already computed."""
+        the images' (features, patch features, recon maps or None), already computed.
+        `owner`: the reference images themselves, each scored leaving itself out: the source
+        image index of every patch bank row (the image bank's row i is image i)."""
         if pre is None:
             pre = (*self.features(imgs), self.recon_maps(imgs) if "recon" in self.components else None)
         feats, patch_feats, rmaps = pre
         b, L, d = patch_feats.shape
-        dist, idx = patch_nn.search(patch_feats.reshape(b * L, d), k=self.knn)
+        if owner is None:
+            dist, idx = patch_nn.search(patch_feats.reshape(b * L, d), k=self.knn)
+            image_dist = image_nn.distances(feats, k=self.knn)
+        else:
+            queries = torch.arange(b).repeat_interleave(L)
+            dist, idx = _search_others(patch_nn, patch_feats.reshape(b * L, d), self.knn, queries, owner)
+            image_dist = _search_others(image_nn, feats, self.knn, torch.arange(b), torch.arange(b))[0].mean(1)
         pmap = gaussian_blur(self._upsample(dist[:, 0].view(b, L)), self.sigma)
         recon = None
         if "recon" in self.components:
@@ -146,57 +154,46 @@ class Scorer:
             recon = gaussian_blur(rmaps / (expected + floor), self.sigma)
         values = {"recon": recon.flatten(1).amax(1) if recon is not None else None,
                   "patch_novelty": pmap.flatten(1).amax(1),
-                  "novelty": image_nn.distances(feats, k=self.knn)}
+                  "novelty": image_dist}
         comps = torch.stack([values[c] for c in self.components], dim=1)
         return comps, recon, pmap, feats
 
     # -- reference -------------------------------------------------------------------------
 
     def _banks(self, feats, patch_feats, rmaps):
-        """(image kNN, patch kNN, patch bank, per-bank-patch recon error) of some images' features."""
+        """(image kNN, patch kNN, patch bank, per-bank-patch recon error, each bank row's
+        source image) of the reference images' features."""
         sel = subsample(patch_feats.shape[0] * patch_feats.shape[1], self.bank_size, self.seed)
         bank = patch_feats.reshape(-1, patch_feats.shape[-1])[sel]
         if rmaps is not None:  # each bank patch's own error: what similar content costs
             bank_error = F.avg_pool2d(rmaps[:, None], self.model.patch_size).reshape(-1)[sel]
         else:
             bank_error = torch.zeros(len(sel))
-        return NearestNeighbours(feats), NearestNeighbours(bank), bank, bank_error
+        return NearestNeighbours(feats), NearestNeighbours(bank), bank, bank_error, sel // patch_feats.shape[1]
 
     @torch.no_grad()
-    def fit(self, imgs: torch.Tensor, fpr: float = 0.01, calibration_fraction: float = 0.2,
-            meta: dict | None = None) -> Reference:
+    def fit(self, imgs: torch.Tensor, fpr: float = 0.01, meta: dict | None = None) -> Reference:
         """Build and use a Reference from good images (N, C, H, W). The banks that scoring
-        uses hold every image. The threshold is calibrated cross-fitted: the images are cut
-        into folds of about `calibration_fraction` of them and each fold is scored against
-        banks of the others, so every reference image gives a calibration score, from a bank
-        nearly as large as the final one (whose slightly nearer neighbours can only make good
-        images score lower: the threshold errs on the quiet side)."""
-        folds = reference_folds(imgs.shape[0], calibration_fraction, self.seed)
+        uses hold every image. The threshold is calibrated leaving one image out: each
+        reference image is scored against the banks without its own patches (its nearest
+        neighbours from the other images), so every image gives a calibration score from a
+        bank all but as large as the one new images meet."""
+        check_reference_count(imgs.shape[0])
         feats, patch_feats = self.features(imgs)
         rmaps = self.recon_maps(imgs) if "recon" in self.components else None
-
-        def part(idx):
-            return feats[idx], patch_feats[idx], None if rmaps is None else rmaps[idx]
-
-        comps, recon, pmap = [], [], []
-        for i, held in enumerate(folds):
-            rest = torch.cat(folds[:i] + folds[i + 1:])
-            image_nn, patch_nn, _, bank_error = self._banks(*part(rest))
-            c, r, p, _ = self._raw(None, image_nn, patch_nn, bank_error, pre=part(held))
-            comps.append(c)
-            pmap.append(p)
-            recon.append(r if r is not None else p)
-        comps, recon, pmap = torch.cat(comps), torch.cat(recon), torch.cat(pmap)
+        image_nn, patch_nn, bank, bank_error, owner = self._banks(feats, patch_feats, rmaps)
+        comps, recon, pmap, _ = self._raw(None, image_nn, patch_nn, bank_error, pre=(feats, patch_feats, rmaps),
+                                          owner=owner)
+        recon = pmap if recon is None else recon
         loc, scale = robust_scale(comps)
         scores = combine(comps, loc, scale)
         map_loc = torch.stack([m.median() for m in (recon, pmap)])
         map_scale = torch.stack([robust_scale(m.flatten())[1] for m in (recon, pmap)])
-        _, _, bank, bank_error = self._banks(*part(torch.arange(imgs.shape[0])))
         ref = Reference(feats.clone(), bank, bank_error, feats, comps, scores, loc, scale, map_loc, map_scale,
                         threshold_at_fpr(scores, fpr),
                         {**self.settings(), "fpr": fpr, "n_reference": int(imgs.shape[0]),
-                         "n_calibration": int(scores.numel()),
-                         "calibration": f"cross-fitted, {len(folds)} folds", **(meta or {})})
+                         "n_calibration": int(scores.numel()), "calibration": "leave one image out",
+                         **(meta or {})})
         self.set_reference(ref)
         return ref
 
@@ -220,3 +217,13 @@ class Scorer:
     def embed(self, imgs: torch.Tensor) -> torch.Tensor:
         """Image features (N, D) as stored in Reference.embeddings (for drift)."""
         return self.features(imgs)[0]
+
+
+def _search_others(nn: NearestNeighbours, query: torch.Tensor, k: int, query_owner: torch.Tensor,
+                   bank_owner: torch.Tensor):
+    """nn.search(query, k) among the bank rows of other images than each query's own."""
+    extra = int(torch.bincount(bank_owner).max())
+    dist, idx = nn.search(query, k=k + extra)
+    dist = dist.masked_fill(bank_owner[idx] == query_owner[:, None], float("inf"))
+    dist, order = dist.sort(dim=1)
+    return dist[:, :k], idx.gather(1, order)[:, :k]

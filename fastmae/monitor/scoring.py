@@ -46,7 +46,7 @@ def evaluate(result, labels, masks) -> dict:
 
 def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=None, rounds=2,
                  mask_ratio=0.75, seed=0, device="auto", precision=None, batch_size=32,
-                 top=16, calibration_fraction=0.2, components=None, kernels="auto", log=print,
+                 top=16, components=None, kernels="auto", log=print,
                  feature_layer=None, bank_size=50000, recon_smooth=0.0, feature_center="image",
                  sigma=None) -> dict:
     out = Path(out).expanduser()
@@ -57,7 +57,7 @@ def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=N
                     bank_size=bank_size, recon_smooth=recon_smooth, feature_center=feature_center,
                     sigma=sigma, **kw)
     t0 = time.perf_counter()
-    ref, ref_skipped = reference_for(scorer, reference, fpr, calibration_fraction)
+    ref, ref_skipped = reference_for(scorer, reference, fpr)
     t_ref = time.perf_counter() - t0
     if save_reference:
         ref.save(save_reference)
