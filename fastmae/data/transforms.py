@@ -82,8 +82,12 @@ def pil_to_uint8(img) -> torch.Tensor:
 
 def normalize_pixels(x: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (..., C, H, W) -> float32 (x / 255 - mean) / std, one image or a batch, on x's
-    device: the same arithmetic as TF.to_tensor + TF.normalize, so the same values."""
-    return TF.normalize(x.to(torch.float32).div_(255), mean, std, inplace=True)
+    device: the same arithmetic as TF.to_tensor + TF.normalize, so the same values, without
+    TF.normalize's std == 0 check, which reads the device back (a host sync every batch)."""
+    shape = (len(mean), 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(shape).to(x.device, non_blocking=True)
+    s = torch.tensor(std, dtype=torch.float32).view(shape).to(x.device, non_blocking=True)
+    return x.to(torch.float32).div_(255).sub_(m).div_(s)
 
 
 class TrainTransform:
