@@ -120,3 +120,18 @@ def test_monitor_demo_quick_finds_defects(tmp_path):
     saved = json.loads((out / "monitor.json").read_text())
     assert saved["recipe"]["epochs"] == QUICK["epochs"]
     assert saved["image_auroc"] > 0.5, saved
+
+
+def test_monitor_demo_stops_when_pretraining_is_interrupted(small_dataset, monkeypatch):
+    """A Ctrl-C / SIGTERM during pretraining ends the demo (one error line), not scoring a half model."""
+    import fastmae.train
+    from fastmae.train.loop import PretrainResult
+    from fastmae.settings import TrainingError
+    stopped = PretrainResult(small_dataset / "x", small_dataset / "x" / "checkpoint-0000005.pth", 1.0, 5, 1.0,
+                             interrupted=True)
+    monkeypatch.setattr(fastmae.train, "pretrain", lambda cfg, log=print: stopped)
+    out = small_dataset / "demo"
+    with pytest.raises(TrainingError, match="interrupted at step 5"):
+        run_monitor_demo(out, device="cpu", loader="torch", kernels="torch", num_workers=0, log=lambda m: None,
+                         **SMALL)
+    assert not (out / "score").exists() and not (out / "monitor.json").exists()

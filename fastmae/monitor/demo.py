@@ -126,6 +126,8 @@ def run_monitor_demo(output_dir="./fastmae-monitor-demo", *, quick: bool = False
                                num_workers=num_workers, log=log)
     if pre.checkpoint is None:
         raise TrainingError("pretraining stopped before writing a checkpoint")
+    if pre.interrupted:  # stopped by a signal: the user wants the demo to end, not to go on
+        raise TrainingError(f"pretraining was interrupted at step {pre.steps}; its checkpoint is {pre.checkpoint}")
     ckpt = Path(pre.checkpoint)
     t_pre = time.time() - t0
 
