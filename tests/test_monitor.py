@@ -292,3 +292,10 @@ def test_calibration_leaves_each_reference_image_out():
     assert (owner[idx] != owner[:, None]).all()
     _, scorer, ref = _fitted()
     assert ref.meta["calibration"] == "leave one image out" and ref.patch_bank.shape[0] == 24 * scorer.model.num_patches
+
+
+def test_robust_scale_of_more_values_than_quantile_takes():
+    from fastmae.monitor.calibrate import robust_scale
+    x = torch.rand(2**24 + 3, generator=torch.Generator().manual_seed(0))  # torch.quantile refuses this many
+    loc, scale = robust_scale(x)
+    assert abs(float(loc) - 0.5) < 1e-3 and abs(float(scale) - 0.5 / 1.349) < 1e-3

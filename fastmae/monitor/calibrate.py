@@ -25,7 +25,7 @@ def robust_scale(x: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Ten
     pixel of a large reference) is measured on an even stride of them."""
     x = x.float()
     if x.dim() == 1 and x.numel() > 2**22:  # torch.quantile takes at most 2**24 values
-        x = x[::-(-x.numel() // 2**22)]
+        x = x[::math.ceil(x.numel() / 2**22)]
     loc = x.median(dim=dim).values
     q = torch.quantile(x, torch.tensor([0.25, 0.75]), dim=dim)
     scale = (q[1] - q[0]) / 1.349
