@@ -4,8 +4,9 @@
 
 1. `fastmae score` on test/ with train/good as the reference: image and pixel AUROC.
 2. The false-positive rate at the calibrated threshold on fresh good images (outside every split).
-3. Drift over 20 seeds: a held-out sample of fresh good images (expect p > 0.05) and the same
-   images shifted (brightness x0.6, Gaussian blur sigma 2): expect p < 0.01."""
+3. Drift over 20 seeds, each with its own fresh good images (a held-out split: expect p > 0.05),
+   the same images shifted (brightness x0.6, Gaussian blur sigma 2) and good parts on another
+   background (expect p < 0.01)."""
 import argparse
 import datetime
 import json
@@ -31,6 +32,7 @@ from fastmae.monitor.images import load_folder
 from fastmae.monitor.load import load_model
 from fastmae.monitor.reference import Reference
 
+DRIFT_SEED = 1000  # fresh-image seeds of the drift tests: seed s draws good_image(i, DRIFT_SEED + s)
 SHIFTS = {"brightness_x0.6": lambda im: Image.fromarray((np.asarray(im, np.float64) * 0.6).astype(np.uint8)),
           "blur_sigma2": lambda im: im.filter(ImageFilter.GaussianBlur(2))}
 
@@ -169,22 +171,19 @@ def run(a):
                                     "fpr_measured": fpr, "n_flagged": int(res.verdict.sum()),
                                     "within_2x": bool(scorer.reference.meta["fpr"] / 2 <= fpr <= 2 * scorer.reference.meta["fpr"])}
         ref_emb = Reference.load(ref_file).embeddings
-        pools = {"held_out": scorer.embed(fresh.images)}
-        for name, f in SHIFTS.items():
-            pools[name] = scorer.embed(load_folder(write_fresh(tmp / name, a.fresh, seed=1, shift=f),
-                                                   model.img_size).images)
-        pools["other_background"] = scorer.embed(load_folder(write_other_background(tmp / "bg", a.fresh, 1),
-                                                             model.img_size).images)
         drift = {}
-        for name, emb in pools.items():
-            ps = []
-            for seed in range(20):
-                g = torch.Generator().manual_seed(seed)
-                pick = torch.randperm(emb.shape[0], generator=g)[:a.drift_n]
-                ps.append(drift_test(ref_emb, emb[pick], seed=seed, permutations=1000)["p_value"])
-            drift[name] = {"p_values": ps, "n_new": a.drift_n, "n_reference": int(ref_emb.shape[0]),
-                           "no_drift_p_gt_0.05": sum(p > 0.05 for p in ps),
-                           "drift_p_lt_0.01": sum(p < 0.01 for p in ps)}
+        for seed in range(20):  # each seed its own fresh images: 20 independent held-out splits
+            d = tmp / f"drift{seed}"
+            pools = {"held_out": write_fresh(d / "held_out", a.drift_n, DRIFT_SEED + seed),
+                     **{name: write_fresh(d / name, a.drift_n, DRIFT_SEED + seed, shift=f) for name, f in SHIFTS.items()},
+                     "other_background": write_other_background(d / "bg", a.drift_n, DRIFT_SEED + seed)}
+            for name, folder in pools.items():
+                emb = scorer.embed(load_folder(folder, model.img_size).images)
+                drift.setdefault(name, []).append(drift_test(ref_emb, emb, seed=seed, permutations=1000)["p_value"])
+        drift = {name: {"p_values": ps, "n_new": a.drift_n, "n_reference": int(ref_emb.shape[0]),
+                        "new_images": f"good_image(i, {DRIFT_SEED} + seed), i < {a.drift_n}",
+                        "no_drift_p_gt_0.05": sum(p > 0.05 for p in ps), "drift_p_lt_0.01": sum(p < 0.01 for p in ps)}
+                 for name, ps in drift.items()}
         record["drift_20_seeds"] = drift
         # The CLI's exit codes on one held-out and one shifted folder.
         write_fresh(tmp / "new_same", a.drift_n, seed=2)
@@ -226,7 +225,7 @@ if __name__ == "__main__":
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="monitor-measure")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--fresh", type=int, default=300, help="fresh good images (FPR, drift pools)")
+    p.add_argument("--fresh", type=int, default=1000, help="fresh good images for the false-positive rate")
     p.add_argument("--drift-n", type=int, default=50, help="new images per drift test")
     p.add_argument("--train-command", default=None)
     p.add_argument("--record", default=None)

@@ -72,14 +72,44 @@ def scales(monkeypatch):
 
 
 @pytest.mark.parametrize("w,h,need,d", [
-    (224, 224, 224, 1), (447, 1000, 224, 1), (448, 448, 224, 2), (895, 5000, 224, 2), (896, 896, 224, 4),
-    (1791, 1800, 224, 4), (1792, 1792, 224, 4), (9000, 9000, 224, 4), (100, 80, 224, 1), (8, 8, 224, 1),
-    (64, 64, 8, 4), (31, 64, 8, 2), (15, 16, 8, 1)])
-def test_scale_is_the_largest_that_keeps_the_window_at_least_the_output(w, h, need, d):
+    (224, 224, 224, 1), (447, 1000, 224, 1), (448, 448, 224, 2), (597, 5000, 224, 2), (598, 598, 224, 3),
+    (895, 5000, 224, 3), (896, 896, 224, 4), (1791, 1800, 224, 4), (1792, 1792, 224, 4), (9000, 9000, 224, 4),
+    (100, 80, 224, 1), (8, 8, 224, 1), (64, 64, 8, 4), (31, 64, 8, 3), (21, 64, 8, 2), (15, 16, 8, 1)])
+def test_scale_is_the_smallest_that_keeps_the_window_at_least_the_output(w, h, need, d):
+    assert reduced_mod.eighths_supported()  # this Pillow decodes at 3/8
     assert jpeg_scale(w, h, need) == d
-    assert min(w, h) // d >= need or d == 1  # never below the output size
+    assert min(reduced_mod.scaled_size(w, h, d)) >= need or d == 1  # never below the output size
+    assert jpeg_scale(w, h, need, scales=(4, 2)) == (2 if d == 3 else d)  # powers of two only
     # 1/8 (DC only, an 8x8 box average) is left out: see reduced.SCALES
-    assert jpeg_scale(w, h, need, scales=(8, 4, 2)) == (8 if min(w, h) >= 8 * need else d)
+    assert jpeg_scale(w, h, need, scales=(8, 4, 3, 2)) == (8 if min(w, h) >= 8 * need else d)
+
+
+@pytest.mark.parametrize("w,h", [(2048, 1536), (1001, 777), (64, 40)])
+@pytest.mark.parametrize("d", [2, 3, 4])
+def test_decode_at_each_scale_has_libjpegs_size_and_geometry(w, h, d):
+    """Decoded pixel k covers source pixels [k*s, (k+1)*s), s = step(d): the reduced decode
+    is the full decode's box resize to the scaled size, up to the DCT's own smoothing."""
+    rng = _rng()
+    data = _jpeg(_smooth(rng, w, h), quality=95)
+    with Opened(data) as src:
+        img = src.decode_stored(d, 3)
+    assert img.size == reduced_mod.scaled_size(w, h, d)
+    assert reduced_mod.step(d) == {2: 2, 3: 8 / 3, 4: 4}[d]
+    full = decode(io.BytesIO(data), len(data))
+    s, m = reduced_mod.step(d), 2  # m: leave out a border (the last block's padding is past the image)
+    inner = (img.width - 2 * m, img.height - 2 * m)
+    a = np.asarray(img.crop((m, m, img.width - m, img.height - m)), float)
+
+    def resized(dx):
+        box = (m * s + dx, m * s, (img.width - m) * s + dx, (img.height - m) * s)
+        return np.asarray(full.resize(inner, Image.BICUBIC, box=box), float)
+    assert _psnr(a, resized(0)) > 40, (d, _psnr(a, resized(0)))
+    assert _psnr(a, resized(s)) < _psnr(a, resized(0)) - 3  # one decoded pixel off is visible
+
+
+def test_without_the_3_8_decode_jpeg_scale_keeps_to_powers_of_two(monkeypatch):
+    monkeypatch.setattr(reduced_mod, "_EIGHTHS", False)
+    assert jpeg_scale(895, 5000, 224) == 2 and jpeg_scale(896, 896, 224) == 4
 
 
 def test_train_crop_picks_the_scale_of_its_window_and_full_decode_for_small_ones(tmp_path, scales):

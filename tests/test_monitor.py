@@ -1,5 +1,7 @@
 """fastmae.monitor on tiny models: complementary masks, reconstruction error against a
 per-pass reference, determinism, the reference file, drift statistics and metrics."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -140,10 +142,38 @@ def test_small_reference_is_a_clear_error():
 
 def test_threshold_quantile():
     s = torch.arange(1, 200).float()[torch.randperm(199)]  # 199 held-out scores 1..199
-    assert threshold_at_fpr(s, 0.01) == 198.0  # the 2nd largest: exceeded with probability 2/200
-    assert threshold_at_fpr(s[:50], 0.01) == float(s[:50].max())
+    assert threshold_at_fpr(s, 0.1) == 180.0  # the 20th largest: exceeded with probability 20/200
+    # further out, the top k = 20 are fitted: above u = 179 the excesses 1..20 have mean 10.5
+    assert threshold_at_fpr(s, 0.01) == pytest.approx(179 + 10.5 * math.log(20 / (199 * 0.01)))
+    assert threshold_at_fpr(s[:30], 0.5) == float(s[:30].sort().values[30 - 15])
     with pytest.raises(DataError):
         threshold_at_fpr(s, 0.0)
+
+
+def test_threshold_tail_fit_hits_the_fpr_with_less_spread_than_an_order_statistic():
+    """Scores like the scorer's (a maximum over a heatmap's pixels): the fitted threshold's
+    real false-positive rate centres on the target, and swings less between reference sets
+    than the 4th largest of 400 (the plain 99% quantile) does."""
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n):
+        return torch.randn(n, 64, generator=g).amax(1)
+    truth = draw(400_000).sort().values
+
+    def real_fpr(t):
+        return 1 - torch.searchsorted(truth, torch.tensor(t)).item() / truth.numel()
+    fitted, order = [], []
+    for _ in range(300):
+        s = draw(400)
+        fitted.append(real_fpr(threshold_at_fpr(s, 0.01)))
+        order.append(real_fpr(float(s.sort().values[400 - 4])))
+    fitted, order = torch.tensor(fitted), torch.tensor(order)
+    assert 0.008 < fitted.mean() < 0.012  # measured 0.0105
+
+    def in_band(f):  # within 2x of the target, the monitoring issue's bar
+        return ((f >= 0.005) & (f <= 0.02)).float().mean()
+    assert fitted.std() < 0.85 * order.std()  # measured 0.0041 vs 0.0053
+    assert in_band(fitted) > in_band(order) + 0.05  # measured 0.91 vs 0.81
 
 
 def test_mmd_test_same_vs_shifted():

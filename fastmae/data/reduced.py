@@ -1,12 +1,15 @@
 """Reduced-size JPEG decoding: a training crop of a large photo needs only a fraction of its
-pixels, and libjpeg can decode a JPEG at 1/2 or 1/4 of its size in the DCT domain
-(Pillow's Image.draft), skipping most of the inverse DCT and colour conversion. The crop
-window is drawn first, from the image's header, then the photo is decoded at the largest
-scale that still keeps the window at least as large as the output, and only then cropped
-and resized. Other formats, and windows too small to reduce, take the full decode.
+pixels, and libjpeg can decode a JPEG at 1/2, 3/8 or 1/4 of its size in the DCT domain,
+skipping most of the inverse DCT and colour conversion. The crop window is drawn first,
+from the image's header, then the photo is decoded at the smallest of those scales that
+still keeps the window at least as large as the output, and only then cropped and resized.
+Other formats, and windows too small to reduce, take the full decode.
 
-At scale 1/d, decoded pixel k covers source pixels [k*d, (k+1)*d) (libjpeg's DCT scaling),
-so a window maps to the fractional box window/d exactly; Pillow's resize(box=...) resamples
+A decode is named by its denominator d (libjpeg's scale_denom, with scale_num 1): libjpeg
+decodes at M/8 with M the smallest whole number such that M/8 >= 1/d, so d = 2 and 4 are
+1/2 and 1/4 exactly and d = 3 is 3/8. Decoded pixel k covers source pixels
+[k*s, (k+1)*s) with s = step(d) = 8/M (libjpeg's DCT scaling: each 8x8 block becomes MxM),
+so a window maps to the fractional box window/s exactly; Pillow's resize(box=...) resamples
 that box without rounding it to whole pixels. EXIF orientation is handled by mapping the
 window back to the stored (unrotated) pixels and rotating the small output instead.
 
@@ -30,11 +33,67 @@ from PIL import Image
 
 from .images import JPEG, BadImage, decode, open_checked, to_mode
 
-# The DCT scalings used, largest first. libjpeg also offers 1/8, but its 1/8 decode keeps only
-# each block's DC coefficient: an 8x8 box average, which on textured photos (sand, foliage)
-# lands up to 8 grey levels (mean |difference|) away from the bicubic full-decode path, even
-# with the output 3x smaller than the 1/8 image. 1/4 and 1/2 stay within 0.7 levels.
-SCALES = (4, 2)
+# The DCT scalings used, smallest first, by denominator (1/4, 3/8, 1/2). libjpeg also offers
+# 1/8, but its 1/8 decode keeps only each block's DC coefficient: an 8x8 box average, which on
+# textured photos (sand, foliage) lands up to 8 grey levels (mean |difference|) away from the
+# bicubic full-decode path, even with the output 3x smaller than the 1/8 image. 1/4, 3/8 and
+# 1/2 stay within 0.7 levels. 3/8 is not Pillow's public draft() (powers of two only); it is
+# used only where a probe decode shows this Pillow's libjpeg produces it (eighths_supported).
+SCALES = (4, 3, 2)
+
+
+def step(d: int) -> float:
+    """Source pixels per decoded pixel at denominator d: 8/M, libjpeg's M/8 >= 1/d."""
+    return 8 / -(-8 // d)
+
+
+def scaled_size(w: int, h: int, d: int) -> tuple[int, int]:
+    """libjpeg's output size at denominator d: each side times M/8, rounded up."""
+    m = -(-8 // d)
+    return -(-w * m // 8), -(-h * m // 8)
+
+
+def _draft(img: Image.Image, d: int) -> None:
+    """Make the JPEG `img` decode at denominator d. Pillow's draft() sets the decoder's
+    scale_denom and the image's size for powers of two; for 3 it is drafted at 1/2 and
+    then given denominator 3 and libjpeg's 3/8 size (Pillow's decoder passes scale_denom on
+    to libjpeg unchanged and fails the load if the size it was given is not libjpeg's)."""
+    w, h = img.size
+    if d & (d - 1) == 0:
+        img.draft(img.mode, (w // d, h // d))  # Pillow picks the largest d with size // request >= d
+    else:
+        img.draft(img.mode, (w // 2, h // 2))
+        tile = img.tile[0]
+        ow, oh = scaled_size(w, h, d)
+        img.tile = [tile._replace(extents=(0, 0, ow, oh))]
+        img._size = (ow, oh)
+        img.decoderconfig = (d, 0)
+    if img.size != scaled_size(w, h, d):
+        raise AssertionError(f"Pillow set up {w}x{h} at {img.size}, not at denominator {d}")
+
+
+_EIGHTHS = None
+
+
+def eighths_supported() -> bool:
+    """Whether this Pillow decodes a JPEG at 3/8 through _draft (probed once, on a small
+    gradient: the size libjpeg reports and pixels within 2 levels of a 3/8 bicubic resize)."""
+    global _EIGHTHS
+    if _EIGHTHS is None:
+        ramp = np.linspace(0, 255, 96)
+        a = np.stack([ramp[None, :].repeat(64, 0), ramp[:64, None].repeat(96, 1), np.full((64, 96), 128.0)], -1)
+        buf = io.BytesIO()
+        Image.fromarray(a.astype(np.uint8)).save(buf, "JPEG", quality=95)
+        try:
+            img = Image.open(buf)
+            _draft(img, 3)
+            img.load()
+            want = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((36, 24), Image.BICUBIC)
+            diff = np.abs(np.asarray(img.convert("RGB"), float) - np.asarray(want, float))
+            _EIGHTHS = img.size == (36, 24) and float(diff[2:-2, 2:-2].mean()) < 2.0
+        except Exception:  # noqa: BLE001 - any failure means: powers of two only
+            _EIGHTHS = False
+    return _EIGHTHS
 
 # EXIF orientation -> the transpose Pillow's exif_transpose applies to the stored pixels
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -43,10 +102,13 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 
 
 def jpeg_scale(width: int, height: int, need: int, scales=SCALES) -> int:
-    """The largest d of `scales` such that a width x height region decoded at 1/d keeps both
-    sides >= need pixels; 1 when none does (the full decode)."""
+    """The first denominator d of `scales` (smallest scale first) such that a width x height
+    region decoded at denominator d keeps both sides >= need pixels; 1 when none does (the
+    full decode). 3 (3/8) only where this Pillow decodes it."""
     for d in scales:
-        if width >= need * d and height >= need * d:
+        if d & (d - 1) and not eighths_supported():
+            continue
+        if width >= need * step(d) and height >= need * step(d):
             return d
     return 1
 
@@ -102,14 +164,11 @@ class Opened:
         return decode(self._f, self._nbytes, in_chans)
 
     def decode_stored(self, d: int, in_chans: int) -> Image.Image:
-        """The stored (unrotated) pixels decoded at 1/d, in 8-bit RGB or L."""
+        """The stored (unrotated) pixels decoded at denominator d, in 8-bit RGB or L."""
         img = self.img
-        w, h = img.size
         try:
             if d > 1:
-                img.draft(img.mode, (w // d, h // d))  # Pillow picks the largest d with size // request >= d
-                if img.size != (-(-w // d), -(-h // d)):  # libjpeg rounds the scaled size up
-                    raise AssertionError(f"Pillow decoded {w}x{h} at {img.size}, not at 1/{d}")
+                _draft(img, d)
             img.load()
             return to_mode(img, in_chans)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -200,7 +259,7 @@ _TENSOR_TRANSPOSE = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: la
 
 
 def window_reduced(src: Opened, window, d: int, out_size, in_chans: int) -> torch.Tensor:
-    """The oriented window (top, left, h, w) of `src`, decoded at 1/d and resized (bicubic,
+    """The oriented window (top, left, h, w) of `src`, decoded at denominator d and resized (bicubic,
     antialiased) to out_size (h, w), as uint8 (C, h, w): what TF.resized_crop gives on the
     full decode, up to the DCT scaling's own smoothing."""
     top, left, h, w = window
@@ -212,12 +271,13 @@ def window_reduced(src: Opened, window, d: int, out_size, in_chans: int) -> torc
     img = src.decode_stored(d, in_chans)
     oh, ow = out_size
     swap = orientation in (5, 6, 7, 8)
-    out = resize_box(img, (x0 / d, y0 / d, x1 / d, y1 / d), (oh, ow) if swap else (ow, oh))
+    s = step(d)
+    out = resize_box(img, (x0 / s, y0 / s, x1 / s, y1 / s), (oh, ow) if swap else (ow, oh))
     return out if orientation == 1 else _TENSOR_TRANSPOSE[orientation](out)
 
 
 def oriented_reduced(src: Opened, d: int, in_chans: int) -> Image.Image:
-    """The whole image decoded at 1/d with its EXIF orientation applied."""
+    """The whole image decoded at denominator d with its EXIF orientation applied."""
     if src.orientation is None:
         return src.decode_full(in_chans)
     img = src.decode_stored(d, in_chans)
@@ -226,7 +286,7 @@ def oriented_reduced(src: Opened, d: int, in_chans: int) -> Image.Image:
 
 def eval_reduced(src: Opened, d: int, resize: int, crop: int, in_chans: int) -> Image.Image:
     """torchvision's Resize(resize) + CenterCrop(crop) of the oriented image, from its decode
-    at 1/d: the resized size comes from the full size, so it matches the full decode's."""
+    at denominator d: the resized size comes from the full size, so it matches the full decode's."""
     img = oriented_reduced(src, d, in_chans)
     w, h = src.size
     if w <= h:

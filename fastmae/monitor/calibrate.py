@@ -1,6 +1,7 @@
 """Calibration on held-out reference images: each component score is put on a common scale
 (its robust z-score over the held-out images), the components are averaged into one score,
-and the alarm threshold is that score's (1 - fpr) quantile over the held-out images."""
+and the alarm threshold is that score's (1 - fpr) quantile over the held-out images, read
+from a fit of their upper tail where too few of them lie above it (threshold_at_fpr)."""
 from __future__ import annotations
 
 import math
@@ -38,13 +39,27 @@ def combine(components: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) ->
     return ((components.float() - loc) / scale).mean(dim=1)
 
 
+TAIL = 0.1  # the top tenth of the held-out scores is the tail the threshold is fitted to
+MIN_TAIL = 10  # and at least this many scores
+
+
 def threshold_at_fpr(scores: torch.Tensor, fpr: float) -> float:
-    """The (1 - fpr) quantile of held-out good scores: about fpr of good images score above it.
-    With fewer than 1/fpr held-out images it is their maximum (a smaller real fpr)."""
+    """The score that about fpr of good images exceed, from held-out good scores.
+
+    Where at least max(MIN_TAIL, TAIL * n) held-out scores lie above it, it is their
+    empirical (1 - fpr) quantile. Further out (an fpr of 0.01 on 400 images leaves 4 scores
+    above it, and the 4th largest swings widely between reference sets) the tail is fitted:
+    above u, the largest score below the top k, the excesses are taken as exponential with
+    their mean as scale (peaks over threshold; a maximum over many pixels has a Gumbel-like,
+    that is exponential, tail), so P(score > u + t) = (k / n) exp(-t / mean excess)."""
     if not 0.0 < fpr < 1.0:
         raise DataError(f"--fpr must be in (0, 1), got {fpr}")
-    s = scores.float().sort().values
+    s = scores.double().sort().values
     n = s.numel()
-    # The k-th largest of n exceeds a fresh good score with probability k/(n+1).
-    k = max(1, math.floor(fpr * (n + 1)))
-    return float(s[n - k])
+    k = min(n - 1, max(MIN_TAIL, math.ceil(TAIL * n)))
+    if fpr * (n + 1) >= k:
+        # The j-th largest of n exceeds a fresh good score with probability j/(n+1).
+        return float(s[n - math.floor(fpr * (n + 1))])
+    u = s[n - k - 1]
+    scale = float((s[n - k:] - u).mean())
+    return float(u) + scale * math.log(k / (n * fpr))
