@@ -38,7 +38,7 @@ from .images import JPEG, BadImage, decode, open_checked, to_mode
 # textured photos (sand, foliage) lands up to 8 grey levels (mean |difference|) away from the
 # bicubic full-decode path, even with the output 3x smaller than the 1/8 image. 1/4, 3/8 and
 # 1/2 stay within 0.7 levels. 3/8 is not Pillow's public draft() (powers of two only); it is
-# used only where a probe decode shows this Pillow's libjpeg produces it (_probe).
+# used only where a probe decode shows this Pillow's libjpeg produces it (eighths_supported).
 SCALES = (4, 3, 2)
 
 
@@ -72,83 +72,28 @@ def _draft(img: Image.Image, d: int) -> None:
         raise AssertionError(f"Pillow set up {w}x{h} at {img.size}, not at denominator {d}")
 
 
-_BLOCK = 1 << 16  # bytes fed to the decoder at a time, as Pillow's own load does
+_EIGHTHS = None
 
 
-def _load_rows(img: Image.Image, rows: int, f) -> None:
-    """Decode the JPEG `img` (already drafted) from its file object `f` only until its first
-    `rows` rows are done; the rows below stay zero. libjpeg decodes top to bottom, so the
-    entropy decoding of the rest of the file, which no DCT scaling skips, is saved too. A row
-    counts as done once any of a few probe pixels in it is non-zero (the image starts zeroed):
-    a row that is truly black there only makes the decode run on, never stop early. The
-    decoder loop is Pillow's own (ImageFile.load / ImageFile.Parser) with a stop."""
-    img.load_prepare()
-    codec, extents, offset, args = img.tile[0]
-    decoder = Image._getdecoder(img.mode, codec, args, img.decoderconfig)
-    decoder.setimage(img.im, extents)
-    w = img.size[0]
-    probe = [(x, rows - 1) for x in range(0, w, max(1, w // 8))]
-    f.seek(offset)
-    pending = b""
-    try:
-        while True:
-            more = f.read(_BLOCK)
-            if not more:  # as Pillow's load: a file that ends before its image does is bad
-                raise OSError("image file is truncated")
-            data = pending + more
-            n, err = decoder.decode(data)
-            if n < 0:
-                if err < 0:
-                    raise OSError(f"decoder error {err}")
-                break
-            pending = data[n:]
-            if any(img.im.getpixel(p) not in (0, (0, 0, 0)) for p in probe):
-                break
-    finally:
-        decoder.cleanup()
-    img.tile = []  # loaded: convert() and friends must not decode again
-
-
-_CAN = {}
-
-
-def _probe() -> dict:
-    """What this Pillow can do beyond its public API, tried once on a small gradient JPEG:
-    'eighths', a 3/8 decode (_draft) of libjpeg's size with pixels within 2 levels of a 3/8
-    bicubic resize; 'rows', a decode stopped after some rows (_load_rows) whose rows equal
-    the full decode's."""
-    if not _CAN:
+def eighths_supported() -> bool:
+    """Whether this Pillow decodes a JPEG at 3/8 through _draft (probed once, on a small
+    gradient: the size libjpeg reports and pixels within 2 levels of a 3/8 bicubic resize)."""
+    global _EIGHTHS
+    if _EIGHTHS is None:
         ramp = np.linspace(0, 255, 96)
         a = np.stack([ramp[None, :].repeat(64, 0), ramp[:64, None].repeat(96, 1), np.full((64, 96), 128.0)], -1)
         buf = io.BytesIO()
         Image.fromarray(a.astype(np.uint8)).save(buf, "JPEG", quality=95)
-        data = buf.getvalue()
-        full = Image.open(io.BytesIO(data)).convert("RGB")
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(buf)
             _draft(img, 3)
             img.load()
-            diff = np.abs(np.asarray(img.convert("RGB"), float) - np.asarray(full.resize((36, 24), Image.BICUBIC), float))
-            _CAN["eighths"] = img.size == (36, 24) and float(diff[2:-2, 2:-2].mean()) < 2.0
+            want = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((36, 24), Image.BICUBIC)
+            diff = np.abs(np.asarray(img.convert("RGB"), float) - np.asarray(want, float))
+            _EIGHTHS = img.size == (36, 24) and float(diff[2:-2, 2:-2].mean()) < 2.0
         except Exception:  # noqa: BLE001 - any failure means: powers of two only
-            _CAN["eighths"] = False
-        try:
-            f = io.BytesIO(data)
-            img = Image.open(f)
-            _load_rows(img, 16, f)
-            _CAN["rows"] = np.array_equal(np.asarray(img.convert("RGB"))[:16], np.asarray(full)[:16])
-        except Exception:  # noqa: BLE001 - any failure means: decode whole images
-            _CAN["rows"] = False
-    return _CAN
-
-
-def eighths_supported() -> bool:
-    return _probe()["eighths"]
-
-
-def rows_supported() -> bool:
-    return _probe()["rows"]
-
+            _EIGHTHS = False
+    return _EIGHTHS
 
 # EXIF orientation -> the transpose Pillow's exif_transpose applies to the stored pixels
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -218,17 +163,13 @@ class Opened:
         self._f.seek(0)
         return decode(self._f, self._nbytes, in_chans)
 
-    def decode_stored(self, d: int, in_chans: int, rows: int | None = None) -> Image.Image:
-        """The stored (unrotated) pixels decoded at denominator d, in 8-bit RGB or L. With
-        `rows`, a reducible JPEG may be decoded only that far down (the rows below are zero)."""
+    def decode_stored(self, d: int, in_chans: int) -> Image.Image:
+        """The stored (unrotated) pixels decoded at denominator d, in 8-bit RGB or L."""
         img = self.img
         try:
             if d > 1:
                 _draft(img, d)
-            if rows is not None and rows < img.size[1] and self.reducible and rows_supported():
-                _load_rows(img, rows, self._f)
-            else:
-                img.load()
+            img.load()
             return to_mode(img, in_chans)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise BadImage(f"cannot decode ({e})") from None
@@ -327,12 +268,10 @@ def window_reduced(src: Opened, window, d: int, out_size, in_chans: int) -> torc
         img = src.decode_full(in_chans)
         return _to_chw(img.resize(out_size[::-1], Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)))
     x0, y0, x1, y1 = _stored_box((left, top, left + w, top + h), src.size, orientation)
+    img = src.decode_stored(d, in_chans)
     oh, ow = out_size
     swap = orientation in (5, 6, 7, 8)
     s = step(d)
-    rows_out = ow if swap else oh
-    support = 2.0 * max((y1 - y0) / s / rows_out, 1.0)  # the bicubic filter's reach below the box
-    img = src.decode_stored(d, in_chans, rows=math.floor(y1 / s + support) + 3)
     out = resize_box(img, (x0 / s, y0 / s, x1 / s, y1 / s), (oh, ow) if swap else (ow, oh))
     return out if orientation == 1 else _TENSOR_TRANSPOSE[orientation](out)
 
