@@ -33,6 +33,7 @@ from fastmae.monitor.load import load_model
 from fastmae.monitor.reference import Reference
 
 DRIFT_SEED = 1000  # fresh-image seeds of the drift tests: seed s draws good_image(i, DRIFT_SEED + s)
+NULL_SEED = 2000  # and of the false-alarm draws (--null-draws)
 SHIFTS = {"brightness_x0.6": lambda im: Image.fromarray((np.asarray(im, np.float64) * 0.6).astype(np.uint8)),
           "blur_sigma2": lambda im: im.filter(ImageFilter.GaussianBlur(2))}
 
@@ -109,28 +110,50 @@ def select(a) -> dict:
 
 
 CANDIDATES = {
-    "block 1 features, patch_novelty only": {"feature_layer": 1, "components": ["patch_novelty"]},
-    "block 2 local-contrast features, patch_novelty, sigma 1":
-        {"feature_layer": 2, "feature_center": "local", "components": ["patch_novelty"], "sigma": 1.0},
-    "block 2 local-contrast, patch_novelty + low-passed recon, sigma 1":
-        {"feature_layer": 2, "feature_center": "local", "components": ["recon", "patch_novelty"],
-         "recon_smooth": 2.0, "sigma": 1.0},
-    "block 3 local-contrast, patch_novelty + low-passed recon, sigma 1":
-        {"feature_layer": 3, "feature_center": "local", "components": ["recon", "patch_novelty"],
-         "recon_smooth": 2.0, "sigma": 1.0},
-    "block 3 image-centred, patch_novelty + low-passed recon, sigma 1":
+    "block 3, low-passed recon (2 px) + patch_novelty, sigma 1":
         {"feature_layer": 3, "components": ["recon", "patch_novelty"], "recon_smooth": 2.0, "sigma": 1.0},
-    "block 3 image-centred, low-passed recon only, sigma 1":
+    "block 3, low-passed recon (1 px) + patch_novelty, sigma 1":
+        {"feature_layer": 3, "components": ["recon", "patch_novelty"], "recon_smooth": 1.0, "sigma": 1.0},
+    "block 3, low-passed recon (2 px) + patch_novelty, sigma 2":
+        {"feature_layer": 3, "components": ["recon", "patch_novelty"], "recon_smooth": 2.0, "sigma": 2.0},
+    "block 2, low-passed recon (2 px) + patch_novelty, sigma 1":
+        {"feature_layer": 2, "components": ["recon", "patch_novelty"], "recon_smooth": 2.0, "sigma": 1.0},
+    "block 4, low-passed recon (2 px) + patch_novelty, sigma 1":
+        {"feature_layer": 4, "components": ["recon", "patch_novelty"], "recon_smooth": 2.0, "sigma": 1.0},
+    "block 3, low-passed recon (2 px) only, sigma 1":
         {"feature_layer": 3, "components": ["recon"], "recon_smooth": 2.0, "sigma": 1.0},
-    "block 2 local-contrast, all three components, low-passed recon, sigma 1":
-        {"feature_layer": 2, "feature_center": "local", "recon_smooth": 2.0, "sigma": 1.0},
-    "block 2 local-contrast, patch_novelty + low-passed recon, sigma 2":
-        {"feature_layer": 2, "feature_center": "local", "components": ["recon", "patch_novelty"],
-         "recon_smooth": 2.0, "sigma": 2.0},
 }
 # CLI flag of each Scorer setting a candidate may carry
 FLAGS = {"feature_layer": "--feature-layer", "feature_center": "--feature-center", "sigma": "--sigma",
          "recon_smooth": "--recon-smooth"}
+
+
+def null_draws(a) -> None:
+    """The drift test's false-alarm rate, measured: n independent draws of fresh good images
+    (good_image(i, NULL_SEED + s)) against a saved reference; an exact test flags about alpha
+    of them. Writes its own record."""
+    model = load_model(a.checkpoint)
+    scorer = Scorer(model, reference=a.null_reference, device="cpu")
+    ref_emb = scorer.reference.embeddings
+    ps = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in range(a.null_draws):
+            folder = write_fresh(Path(tmp) / f"d{s}", a.drift_n, NULL_SEED + s)
+            emb = scorer.embed(load_folder(folder, model.img_size).images)
+            ps.append(drift_test(ref_emb, emb, seed=s, permutations=1000)["p_value"])
+    ps = np.array(ps)
+    record = {"what": "drift false alarms on held-out good images: independent draws against a saved reference",
+              "draws": a.null_draws, "n_new": a.drift_n, "n_reference": int(ref_emb.shape[0]),
+              "new_images": f"good_image(i, {NULL_SEED} + draw), i < {a.drift_n}",
+              "p_values": ps.tolist(), "flagged_p_le_0.05": int((ps <= 0.05).sum()),
+              "flagged_p_lt_0.01": int((ps < 0.01).sum()),
+              "expected_if_exact": {"p_le_0.05": 0.05 * a.null_draws, "p_lt_0.01": 0.01 * a.null_draws},
+              "device": "cpu", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "versions": {"fastmae": getattr(fastmae, "__version__", "dev"), "torch": torch.__version__},
+              "checkpoint": a.checkpoint, "reference": a.null_reference,
+              "command": "python benchmarks/monitor_measure.py " + shlex.join(a.argv)}
+    Path(a.record).write_text(json.dumps(record, indent=2) + "\n")
+    print({k: record[k] for k in ("draws", "flagged_p_le_0.05", "flagged_p_lt_0.01", "expected_if_exact")})
 
 
 def cli(argv, commands) -> int:
@@ -231,7 +254,16 @@ if __name__ == "__main__":
     p.add_argument("--record", default=None)
     p.add_argument("--select", action="store_true",
                    help="choose the scoring settings on a validation split first (never test/)")
+    p.add_argument("--null-draws", type=int, default=0,
+                   help="instead: the drift test's false-alarm rate over this many fresh draws (needs "
+                        "--null-reference and --record)")
+    p.add_argument("--null-reference", default=None, help="a saved reference file (fastmae score --save-reference)")
     p.add_argument("extra", nargs="*", help="extra `fastmae score` flags (after --)")
     a = p.parse_args()
     a.argv = sys.argv[1:]
-    run(a)
+    if a.null_draws:
+        if not (a.null_reference and a.record):
+            p.error("--null-draws needs --null-reference and --record")
+        null_draws(a)
+    else:
+        run(a)

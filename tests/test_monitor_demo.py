@@ -13,7 +13,7 @@ from fastmae.monitor.demo import QUICK, RECIPE, recipe, run_monitor_demo
 from fastmae.settings import ConfigError
 from fastmae.train.config import resolve
 
-TINY = dict(patch_size=8, embed_dim=32, depth=3, num_heads=4, decoder_embed_dim=16, decoder_depth=1,
+TINY = dict(patch_size=8, embed_dim=32, depth=4, num_heads=4, decoder_embed_dim=16, decoder_depth=1,
             decoder_num_heads=2, mlp_ratio=2.0)
 SMALL = dict(model_overrides=TINY, epochs=2, batch_size=8, warmup_epochs=1, rounds=1,
              drift_images=12, permutations=199)
@@ -87,8 +87,25 @@ def test_monitor_demo_runs_the_story_and_writes_its_record(small_dataset):
     assert any(line.startswith("[3/4]") for line in lines) and lines[-1].startswith("done in")
 
 
+def test_train_command_without_model_overrides_needs_no_config_file(tmp_path, monkeypatch):
+    """The recipe's model is the registered one: its command line is plain flags, and they
+    resolve to the config the demo trains with."""
+    import fastmae.train
+    from fastmae.monitor import demo
+    seen = {}
+    monkeypatch.setattr(fastmae.train, "pretrain", lambda cfg, log: seen.setdefault("cfg", cfg))
+    assert recipe()["model_overrides"] == {}
+    _, command = demo._pretrain(recipe(), tmp_path / "good", tmp_path, seed=0, device="cpu", loader="torch",
+                                kernels="torch", num_workers=0, log=print)
+    assert "--config" not in command and not (tmp_path / "train.yaml").exists()
+    args = build_parser("train").parse_args(shlex.split(command)[1:])
+    again = resolve(config_from_args(args)).to_dict()
+    want = resolve(seen["cfg"]).to_dict()
+    assert {k: v for k, v in again.items() if k != "num_workers"} == {k: v for k, v in want.items() if k != "num_workers"}
+
+
 def test_recipe_quick_and_overrides():
-    assert recipe(quick=True)["epochs"] == QUICK["epochs"] == 60 and recipe()["epochs"] == 150
+    assert recipe(quick=True)["epochs"] == QUICK["epochs"] == 50 and recipe()["epochs"] == 150
     assert recipe(epochs=3)["epochs"] == 3 and RECIPE["epochs"] == 150
     with pytest.raises(ConfigError, match="epoch"):
         recipe(epoch=3)
@@ -119,7 +136,7 @@ def test_monitor_demo_quick_finds_defects(tmp_path):
                  "--output-dir", str(out)]) == 0
     saved = json.loads((out / "monitor.json").read_text())
     assert saved["recipe"]["epochs"] == QUICK["epochs"]
-    assert saved["image_auroc"] > 0.5, saved
+    assert saved["image_auroc"] > 0.7, saved  # measured 0.829
 
 
 def test_monitor_demo_stops_when_pretraining_is_interrupted(small_dataset, monkeypatch):

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(p, "output-dir", default=None, help="where the report, pictures and checkpoints go "
                                              "(default ./fastmae-demo, with --monitor ./fastmae-monitor-demo)")
     flag(p, "quick", action="store_true", help="half the fine-tuning epochs (about 8 CPU minutes instead of 11); "
-                                                 "with --monitor, 60 pretraining epochs instead of 150")
+                                                 "with --monitor, 50 pretraining epochs instead of 150")
     flag(p, "labels-per-class", type=int, default=None, help="labelled images per class (default 50, of ~200)")
     flag(p, "pretrain-epochs", type=int, default=None)
     flag(p, "finetune-epochs", type=int, default=None)

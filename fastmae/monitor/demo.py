@@ -33,7 +33,7 @@ from .scoring import score_folder
 # The whole recipe in one place: pretraining, scoring and drift settings.
 RECIPE = {
     "model": "mae_vit_micro_patch4",
-    "model_overrides": {"patch_size": 8},      # 64 tokens at 64 px
+    "model_overrides": {},                      # as registered: 4 px patches, 256 tokens at 64 px
     "img_size": 64,
     "epochs": 150,
     "batch_size": 64,
@@ -44,7 +44,7 @@ RECIPE = {
     # scoring (fastmae score)
     "fpr": 0.01,
     "rounds": 2,
-    "feature_layer": 3,
+    "feature_layer": 4,
     "feature_center": "image",
     "components": ["recon", "patch_novelty"],
     "recon_smooth": 2.0,
@@ -55,7 +55,7 @@ RECIPE = {
     "alpha": 0.01,
     "permutations": 1000,
 }
-QUICK = {"epochs": 60}
+QUICK = {"epochs": 50}
 
 # TrainConfig fields the recipe sets (and the `fastmae train` flags that spell them).
 _TRAIN_KEYS = ("model", "img_size", "epochs", "batch_size", "blr", "warmup_epochs", "min_crop_scale",
@@ -96,13 +96,15 @@ def _pretrain(r: dict, data: Path, out: Path, *, seed, device, loader, kernels, 
     from ..train import TrainConfig, pretrain
     train = {k: r[k] for k in _TRAIN_KEYS}
     train["warmup_epochs"] = min(r["warmup_epochs"], r["epochs"] / 2)  # a short run still warms up
-    # model_overrides have no flag: `fastmae train` reads them from a --config file
-    config_file = out / "train.yaml"
-    atomic_write_text(yaml.safe_dump({"model_overrides": dict(r["model_overrides"])}), config_file)
+    overrides, words = dict(r["model_overrides"]), ["train"]
+    if overrides:  # they have no flag: `fastmae train` reads them from a --config file
+        config_file = out / "train.yaml"
+        atomic_write_text(yaml.safe_dump({"model_overrides": overrides}), config_file)
+        words += ["--config", str(config_file)]
     run = {"data": str(data), "output_dir": str(out / "pretrain"), "loader": loader, "kernels": kernels,
            "device": device, "seed": seed, "resume": "none"}
-    command = _command(["train", "--config", str(config_file)] + _flags({**train, **run}))
-    cfg = TrainConfig(**train, **run, num_workers=num_workers, model_overrides=dict(r["model_overrides"]))
+    command = _command(words + _flags({**train, **run}))
+    cfg = TrainConfig(**train, **run, num_workers=num_workers, model_overrides=overrides)
     return pretrain(cfg, log=log), command
 
 
@@ -276,7 +278,7 @@ The most anomalous test images (image | heatmap):
 
 ## Setup
 
-- model `{r['model']}` with {r['model_overrides']} at {r['img_size']} px; pretraining {r['epochs']} epochs,
+- model `{r['model']}`{f" with {r['model_overrides']}" if r['model_overrides'] else ""} at {r['img_size']} px; pretraining {r['epochs']} epochs,
   batch {r['batch_size']}, blr {r['blr']}, mask ratio {r['mask_ratio']}, min crop scale {r['min_crop_scale']}
   ({res['pretrain']['steps']} steps, final loss {res['pretrain']['final_loss']:.4f})
 - scoring: components {', '.join(r['components'])}, {r['rounds']} complementary-mask rounds, features after
