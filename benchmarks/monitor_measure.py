@@ -197,9 +197,10 @@ def run(a):
         drift = {}
         for seed in range(20):  # each seed its own fresh images: 20 independent held-out splits
             d = tmp / f"drift{seed}"
-            pools = {"held_out": write_fresh(d / "held_out", a.drift_n, DRIFT_SEED + seed),
-                     **{name: write_fresh(d / name, a.drift_n, DRIFT_SEED + seed, shift=f) for name, f in SHIFTS.items()},
-                     "other_background": write_other_background(d / "bg", a.drift_n, DRIFT_SEED + seed)}
+            n, draw = a.drift_n, DRIFT_SEED + seed
+            pools = {"held_out": write_fresh(d / "held_out", n, draw),
+                     **{name: write_fresh(d / name, n, draw, shift=f) for name, f in SHIFTS.items()},
+                     "other_background": write_other_background(d / "bg", n, draw)}
             for name, folder in pools.items():
                 emb = scorer.embed(load_folder(folder, model.img_size).images)
                 drift.setdefault(name, []).append(drift_test(ref_emb, emb, seed=seed, permutations=1000)["p_value"])

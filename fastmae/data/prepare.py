@@ -126,11 +126,11 @@ def shrink(img: Image.Image, size) -> Image.Image:
 def convert(data: bytes, dst: Path, max_size: int, quality: int) -> dict:
     """Write the source image `data` to `dst` with its shorter side <= max_size: a JPEG
     already that small is copied as is (after a check decode); anything else is decoded (a
-    large JPEG at the largest DCT scale that keeps the shorter side >= max_size), oriented,
-    resized once with antialiased bicubic (shrink(): Pillow's default filter for downscaling,
-    sharper than area averaging and, in torch's kernel, cheaper) and encoded at `quality`
-    (baseline, no optimize pass). Returns the output's record; BadImage if the file cannot
-    be used."""
+    large JPEG at the smallest DCT scale, 1/4, 3/8 or 1/2, that keeps the shorter side
+    >= max_size), oriented, resized once with antialiased bicubic (shrink(): Pillow's default
+    filter for downscaling, sharper than area averaging and, in torch's kernel, cheaper) and
+    encoded at `quality` (baseline, no optimize pass). Returns the output's record; BadImage
+    if the file cannot be used."""
     with Opened(data) as src:
         w, h = src.size
         short = min(w, h)

@@ -259,9 +259,9 @@ _TENSOR_TRANSPOSE = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: la
 
 
 def window_reduced(src: Opened, window, d: int, out_size, in_chans: int) -> torch.Tensor:
-    """The oriented window (top, left, h, w) of `src`, decoded at denominator d and resized (bicubic,
-    antialiased) to out_size (h, w), as uint8 (C, h, w): what TF.resized_crop gives on the
-    full decode, up to the DCT scaling's own smoothing."""
+    """The oriented window (top, left, h, w) of `src`, decoded at denominator d and resized
+    (bicubic, antialiased) to out_size (h, w), as uint8 (C, h, w): what TF.resized_crop gives
+    on the full decode, up to the DCT scaling's own smoothing."""
     top, left, h, w = window
     orientation = src.orientation
     if orientation is None:  # EXIF Pillow cannot parse: the full decode decides what it means
@@ -286,7 +286,8 @@ def oriented_reduced(src: Opened, d: int, in_chans: int) -> Image.Image:
 
 def eval_reduced(src: Opened, d: int, resize: int, crop: int, in_chans: int) -> Image.Image:
     """torchvision's Resize(resize) + CenterCrop(crop) of the oriented image, from its decode
-    at denominator d: the resized size comes from the full size, so it matches the full decode's."""
+    at denominator d: the resized size comes from the full size, so it matches the full
+    decode's."""
     img = oriented_reduced(src, d, in_chans)
     w, h = src.size
     if w <= h:

@@ -237,6 +237,7 @@ def _report(res: dict) -> str:
         f"{'**DRIFT** (exit 1)' if v['drift'] else 'no drift (exit 0)'} | [{name}.html](drift/{name}.html) |"
         for name, v in d.items())
     heat = " ".join(f"![heatmap](score/{h})" for h in res["heatmaps"])
+    model = f"`{r['model']}`" + (f" with {r['model_overrides']}" if r["model_overrides"] else "")
     c = res["commands"]
     return f"""# fastmae demo --monitor: anomaly scores, heatmaps and drift from a pretrained MAE
 
@@ -278,7 +279,7 @@ The most anomalous test images (image | heatmap):
 
 ## Setup
 
-- model `{r['model']}`{f" with {r['model_overrides']}" if r['model_overrides'] else ""} at {r['img_size']} px; pretraining {r['epochs']} epochs,
+- model {model} at {r['img_size']} px; pretraining {r['epochs']} epochs,
   batch {r['batch_size']}, blr {r['blr']}, mask ratio {r['mask_ratio']}, min crop scale {r['min_crop_scale']}
   ({res['pretrain']['steps']} steps, final loss {res['pretrain']['final_loss']:.4f})
 - scoring: components {', '.join(r['components'])}, {r['rounds']} complementary-mask rounds, features after
