@@ -128,6 +128,12 @@ FLAGS = {"feature_layer": "--feature-layer", "feature_center": "--feature-center
          "recon_smooth": "--recon-smooth"}
 
 
+def drift_p(scorer, ref_emb, folder: Path, size: int, seed: int) -> float:
+    """The MMD p-value of the images in `folder` against the reference embeddings."""
+    emb = scorer.embed(load_folder(folder, size).images)
+    return drift_test(ref_emb, emb, seed=seed, permutations=1000)["p_value"]
+
+
 def null_draws(a) -> None:
     """The drift test's false-alarm rate, measured: n independent draws of fresh good images
     (good_image(i, NULL_SEED + s)) against a saved reference; an exact test flags about alpha
@@ -139,8 +145,7 @@ def null_draws(a) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for s in range(a.null_draws):
             folder = write_fresh(Path(tmp) / f"d{s}", a.drift_n, NULL_SEED + s)
-            emb = scorer.embed(load_folder(folder, model.img_size).images)
-            ps.append(drift_test(ref_emb, emb, seed=s, permutations=1000)["p_value"])
+            ps.append(drift_p(scorer, ref_emb, folder, model.img_size, s))
     ps = np.array(ps)
     record = {"what": "drift false alarms on held-out good images: independent draws against a saved reference",
               "draws": a.null_draws, "n_new": a.drift_n, "n_reference": int(ref_emb.shape[0]),
@@ -202,8 +207,7 @@ def run(a):
                      **{name: write_fresh(d / name, n, draw, shift=f) for name, f in SHIFTS.items()},
                      "other_background": write_other_background(d / "bg", n, draw)}
             for name, folder in pools.items():
-                emb = scorer.embed(load_folder(folder, model.img_size).images)
-                drift.setdefault(name, []).append(drift_test(ref_emb, emb, seed=seed, permutations=1000)["p_value"])
+                drift.setdefault(name, []).append(drift_p(scorer, ref_emb, folder, model.img_size, seed))
         drift = {name: {"p_values": ps, "n_new": a.drift_n, "n_reference": int(ref_emb.shape[0]),
                         "new_images": f"good_image(i, {DRIFT_SEED} + seed), i < {a.drift_n}",
                         "no_drift_p_gt_0.05": sum(p > 0.05 for p in ps), "drift_p_lt_0.01": sum(p < 0.01 for p in ps)}

@@ -42,14 +42,23 @@ from .images import JPEG, BadImage, decode, open_checked, to_mode
 SCALES = (4, 3, 2)
 
 
+def _eighths(d: int) -> int:
+    """M: libjpeg decodes at M/8, the smallest eighth >= 1/d."""
+    return -(-8 // d)
+
+
+def _power_of_two(d: int) -> bool:
+    return d & (d - 1) == 0
+
+
 def step(d: int) -> float:
-    """Source pixels per decoded pixel at denominator d: 8/M, libjpeg's M/8 >= 1/d."""
-    return 8 / -(-8 // d)
+    """Source pixels per decoded pixel at denominator d: 8/M."""
+    return 8 / _eighths(d)
 
 
 def scaled_size(w: int, h: int, d: int) -> tuple[int, int]:
     """libjpeg's output size at denominator d: each side times M/8, rounded up."""
-    m = -(-8 // d)
+    m = _eighths(d)
     return -(-w * m // 8), -(-h * m // 8)
 
 
@@ -59,7 +68,7 @@ def _draft(img: Image.Image, d: int) -> None:
     then given denominator 3 and libjpeg's 3/8 size (Pillow's decoder passes scale_denom on
     to libjpeg unchanged and fails the load if the size it was given is not libjpeg's)."""
     w, h = img.size
-    if d & (d - 1) == 0:
+    if _power_of_two(d):
         img.draft(img.mode, (w // d, h // d))  # Pillow picks the largest d with size // request >= d
     else:
         img.draft(img.mode, (w // 2, h // 2))
@@ -106,7 +115,7 @@ def jpeg_scale(width: int, height: int, need: int, scales=SCALES) -> int:
     region decoded at denominator d keeps both sides >= need pixels; 1 when none does (the
     full decode). 3 (3/8) only where this Pillow decodes it."""
     for d in scales:
-        if d & (d - 1) and not eighths_supported():
+        if not _power_of_two(d) and not eighths_supported():
             continue
         if width >= need * step(d) and height >= need * step(d):
             return d
