@@ -15,7 +15,8 @@ from torchvision.transforms import functional as TF
 import fastmae.data.reduced as reduced_mod
 from fastmae.data import classification_loader, dali_available, pretrain_loader
 from fastmae.data.images import BadImage, decode, load_image
-from fastmae.data.reduced import EDGE_TOL, Opened, _fit_axis, jpeg_scale, resize_box, window_reduced
+from fastmae.data.reduced import (EDGE_TOL, Opened, _fit_axis, _fit_either, jpeg_scale, resize_box,
+                                  window_reduced)
 from fastmae.data.transforms import EvalTransform, TrainTransform, mean_std, random_crop_flip, sample_generator
 from tests.planted import IMAGENET_SAMPLE
 
@@ -267,10 +268,22 @@ def test_fast_resize_matches_pillows_exact_box():
     assert fast >= 4
 
 
-def test_fast_resize_takes_pillows_exact_box_where_the_filter_reaches_the_edge():
+def test_fast_resize_mirrors_a_box_whose_filter_reaches_the_first_pixel():
     img = _sharp_photo()
     box = (0.75, 1.25, 0.75 + 150.5, 1.25 + 120.25)  # the filter of the first outputs reaches pixel 0
-    assert _fit_axis(box[0], box[2], img.width, 64) is None
+    assert _fit_axis(box[0], box[2], img.width, 64) is None and _fit_axis(box[1], box[3], img.height, 48) is None
+    assert _fit_either(box[0], box[2], img.width, 64)[1] and _fit_either(box[1], box[3], img.height, 48)[1]
+    got = resize_box(img, box, (64, 48)).numpy()
+    want = np.asarray(img.resize((64, 48), Image.BICUBIC, box=box)).transpose(2, 0, 1)
+    assert np.abs(got.astype(int) - want).mean() < 0.4 and _psnr(got, want) > 48
+    shifted = np.asarray(img.resize((64, 48), Image.BICUBIC, box=(1.25, 1.75, 151.75, 122.0))).transpose(2, 0, 1)
+    assert _psnr(got, want) > _psnr(shifted, want) + 6  # the mirror kept the box where it was
+
+
+def test_fast_resize_takes_pillows_exact_box_where_the_filter_reaches_both_edges():
+    img = _sharp_photo()
+    box = (0.75, 1.25, img.width - 1.5, 1.25 + 120.25)  # x: pixel 0 and the last pixel in reach
+    assert _fit_either(box[0], box[2], img.width, 64)[0] is None
     want = np.asarray(img.resize((64, 48), Image.BICUBIC, box=box)).transpose(2, 0, 1)
     assert np.array_equal(resize_box(img, box, (64, 48)).numpy(), want)
 

@@ -240,9 +240,32 @@ def _fit_axis(x0: float, x1: float, size: int, n: int):
     return a, end - a, k, scale
 
 
+def _fit_either(x0: float, x1: float, size: int, n: int):
+    """(fit, mirrored): _fit_axis of [x0, x1), or where that misses, of its mirror image
+    [size - x1, size - x0). A box just off an axis's start (the filter reaches pixel 0) is
+    usually far from its end, and both filters are symmetric, so the mirrored axis resized
+    and mirrored back is the same resize."""
+    fit = _fit_axis(x0, x1, size, n)
+    if fit is not None:
+        return fit, False
+    fit = _fit_axis(size - x1, size - x0, size, n)
+    return fit, fit is not None
+
+
 def _to_chw(img: Image.Image) -> torch.Tensor:
     a = torch.from_numpy(np.array(img))  # np.array: a writable copy (np.asarray's is read-only)
     return (a[..., None] if a.ndim == 2 else a).permute(2, 0, 1)
+
+
+def kernel_input(img: Image.Image) -> torch.Tensor:
+    """An RGB or L image as the (1, C, H, W) channels-last uint8 tensor torch's resize kernel
+    reads fastest. RGB comes as Pillow stores it, RGBX (C = 4; drop the 4th output channel):
+    one copy where np.array packs to RGB and copies again, and the kernel's vectorised path
+    works on 4 channels anyway (measured: a 683x512 resize in half the time)."""
+    if img.mode != "RGB":
+        return _to_chw(img)[None]
+    buf = bytearray(img.tobytes("raw", "RGBX"))  # writable: torch warns on a read-only buffer
+    return torch.frombuffer(buf, dtype=torch.uint8).view(1, img.height, img.width, 4).permute(0, 3, 1, 2)
 
 
 def resize_box(img: Image.Image, box, out_size) -> torch.Tensor:
@@ -250,15 +273,22 @@ def resize_box(img: Image.Image, box, out_size) -> torch.Tensor:
     antialiased bicubic, as uint8 (C, h, w): torch's kernel when _fit_axis hits the box on
     both axes, else Pillow's resize(box=...)."""
     ow, oh = out_size
-    fx = _fit_axis(box[0], box[2], img.width, ow)
-    fy = _fit_axis(box[1], box[3], img.height, oh) if fx is not None else None
+    fx, mx = _fit_either(box[0], box[2], img.width, ow)
+    fy, my = _fit_either(box[1], box[3], img.height, oh) if fx is not None else (None, False)
     if fy is None:
         return _to_chw(img.resize(out_size, Image.Resampling.BICUBIC, box=box)).contiguous()
     ax, lx, kx, sx = fx
     ay, ly, ky, sy = fy
-    x = _to_chw(img.crop((ax, ay, ax + lx, ay + ly)))[None]  # channels-last: the kernel's fast layout
+    ax = img.width - ax - lx if mx else ax  # a mirrored fit's slice, in the image's coordinates
+    ay = img.height - ay - ly if my else ay
+    region = img.crop((ax, ay, ax + lx, ay + ly))
+    region = region.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mx else region
+    region = region.transpose(Image.Transpose.FLIP_TOP_BOTTOM) if my else region
+    x = kernel_input(region)
     out = torch.ops.aten._upsample_bicubic2d_aa(x, [ky + oh, kx + ow], False, 1.0 / sy, 1.0 / sx)
-    return out[0, :, ky:, kx:]
+    out = out[0, :len(img.getbands()), ky:, kx:]
+    mirrored = [dim for dim, m in ((-1, mx), (-2, my)) if m]
+    return out.flip(mirrored) if mirrored else out
 
 
 # EXIF orientation -> the same transpose on a (C, H, W) tensor
