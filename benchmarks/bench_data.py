@@ -87,13 +87,15 @@ def torchvision_factory(args, data):
 def fastmae_factory(args, backend, device, data, reduced=True):
     from fastmae.data import pretrain_loader
 
-    loader = pretrain_loader(data, img_size=args.img_size, batch_size=args.batch_size, backend=backend,
-                             device=device, num_workers=args.workers, seed=0)
-    loader.reduced_decode = reduced  # before the first iteration (the torch backend's workers keep it)
-
     def batches():
-        for epoch in itertools.count():
-            yield from loader.iter_from(epoch)
+        # A fresh loader each round, closed at its end, as the torchvision contender gets a
+        # fresh DataLoader: persistent workers would go on decoding their queued batches while
+        # the next contender is timed.
+        with pretrain_loader(data, img_size=args.img_size, batch_size=args.batch_size, backend=backend,
+                             device=device, num_workers=args.workers, seed=0) as loader:
+            loader.reduced_decode = reduced  # before the first iteration (the torch backend's workers keep it)
+            for epoch in itertools.count():
+                yield from loader.iter_from(epoch)
     return batches
 
 

@@ -174,3 +174,22 @@ def test_dali_gpu_mixed_decode(folder):
     xc, yc = next(iter(classification_loader(folder, train=False, img_size=16, batch_size=4, backend="dali",
                                              device="cpu")))
     assert torch.equal(y.cpu(), yc) and (xe.cpu() - xc).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_stops_the_workers_and_drops_their_queued_batches(folder, backend):
+    with pretrain_loader(folder, img_size=16, batch_size=2, backend=backend, device="cpu", num_workers=2,
+                         seed=3) as loader:
+        it = loader.iter_from(0)
+        first = next(it)
+        it.close()
+        if backend == "torch":
+            workers = loader._dl._iterator._workers  # persistent: alive, with batches queued
+            assert all(w.is_alive() for w in workers)
+        else:
+            assert loader._pool is not None  # the reduced-decode threads
+    if backend == "torch":
+        assert loader._dl._iterator is None and not any(w.is_alive() for w in workers)
+    else:
+        assert loader._pool is None
+    assert first.shape == (2, 3, 16, 16)

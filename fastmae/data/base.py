@@ -90,6 +90,17 @@ class Loader(abc.ABC):
     def iter_from(self, epoch: int, start_batch: int = 0):
         """Yield this rank's batches of `epoch`, starting at batch `start_batch`."""
 
+    def close(self) -> None:
+        """Stop the loader's worker processes or threads now, dropping the batches they have
+        queued (otherwise they live as long as the loader and finish that work first). The
+        loader is not used after this."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def _record_skips(self, skips) -> None:
         new = []
         for path, reason in skips:

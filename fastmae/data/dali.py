@@ -142,6 +142,11 @@ class DaliLoader(Loader):
         return self._pool
 
     # -- reading -----------------------------------------------------------------------
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def _mark_bad(self, i: int, reason: str) -> None:
         self._bad.add(i)
         self._record_skips([(self.samples.paths[i], reason)])

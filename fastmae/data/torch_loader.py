@@ -94,6 +94,11 @@ class TorchLoader(Loader):
     def reduced_decode(self, on: bool) -> None:
         self._dl.dataset.transform.reduced = bool(on)
 
+    def close(self) -> None:
+        it, self._dl._iterator = self._dl._iterator, None  # the persistent workers' iterator
+        if it is not None:
+            it._shutdown_workers()  # queued batches are skipped, not decoded
+
     def iter_from(self, epoch: int, start_batch: int = 0):
         self._sampler.batches = [[(epoch, i) for i in batch] for batch in self.plan(epoch, start_batch)]
         return self._generate(iter(self._dl))
