@@ -6,7 +6,12 @@
 2. The false-positive rate at the calibrated threshold on fresh good images (outside every split).
 3. Drift over 20 seeds, each with its own fresh good images (a held-out split: expect p > 0.05),
    the same images shifted (brightness x0.6, Gaussian blur sigma 2) and good parts on another
-   background (expect p < 0.01)."""
+   background (expect p < 0.01).
+
+Two further records against a saved reference file (--saved-reference REF --record FILE):
+--null-draws N, the drift test's false-alarm rate over N independent held-out draws; and
+--seed-sweep, `fastmae drift` with seeds 0-19 on the one held-out split test/good and on fixed
+shifted copies of it."""
 import argparse
 import datetime
 import json
@@ -34,6 +39,7 @@ from fastmae.monitor.reference import Reference
 
 DRIFT_SEED = 1000  # fresh-image seeds of the drift tests: seed s draws good_image(i, DRIFT_SEED + s)
 NULL_SEED = 2000  # and of the false-alarm draws (--null-draws)
+SWEEP_SEED = 3000  # and of the other-background set of --seed-sweep
 SHIFTS = {"brightness_x0.6": lambda im: Image.fromarray((np.asarray(im, np.float64) * 0.6).astype(np.uint8)),
           "blur_sigma2": lambda im: im.filter(ImageFilter.GaussianBlur(2))}
 
@@ -139,7 +145,7 @@ def null_draws(a) -> None:
     (good_image(i, NULL_SEED + s)) against a saved reference; an exact test flags about alpha
     of them. Writes its own record."""
     model = load_model(a.checkpoint)
-    scorer = Scorer(model, reference=a.null_reference, device="cpu")
+    scorer = Scorer(model, reference=a.saved_reference, device="cpu")
     ref_emb = scorer.reference.embeddings
     ps = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,10 +161,50 @@ def null_draws(a) -> None:
               "expected_if_exact": {"p_le_0.05": 0.05 * a.null_draws, "p_lt_0.01": 0.01 * a.null_draws},
               "device": "cpu", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "versions": {"fastmae": getattr(fastmae, "__version__", "dev"), "torch": torch.__version__},
-              "checkpoint": a.checkpoint, "reference": a.null_reference,
+              "checkpoint": a.checkpoint, "reference": a.saved_reference,
               "command": "python benchmarks/monitor_measure.py " + shlex.join(a.argv)}
     Path(a.record).write_text(json.dumps(record, indent=2) + "\n")
     print({k: record[k] for k in ("draws", "flagged_p_le_0.05", "flagged_p_lt_0.01", "expected_if_exact")})
+
+
+def seed_sweep(a) -> None:
+    """The drift targets read as written: one held-out split of the training distribution (the
+    built-in set's test/good, which no model trains on) and fixed shifted copies of it, each
+    tested by `fastmae drift` under 20 seeds (the permutation draws), exit codes included.
+    The p-value then varies only with the permutations; run() measures independent splits.
+    Writes its own record."""
+    held = builtin_dataset("inspection") / "test" / "good"
+    names = sorted(p.name for p in held.iterdir())
+    base = ["drift", "--checkpoint", a.checkpoint, "--reference", a.saved_reference, "--device", "cpu"]
+    sweeps = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sets = {"held_out": held}
+        for name, shift in SHIFTS.items():
+            (tmp / name).mkdir()
+            for n in names:
+                shift(Image.open(held / n).convert("RGB")).save(tmp / name / n)
+            sets[name] = tmp / name
+        sets["other_background"] = write_other_background(tmp / "bg", len(names), SWEEP_SEED)
+        for name, folder in sets.items():
+            ps, codes = [], []
+            for seed in range(20):
+                out = tmp / f"{name}-{seed}.json"
+                codes.append(main(base + ["--data", str(folder), "--json", str(out), "--seed", str(seed)]))
+                ps.append(json.loads(out.read_text())["p_value"])
+            sweeps[name] = {"p_values": ps, "exit_codes": codes, "n_new": len(names),
+                            "no_drift_p_gt_0.05": sum(p > 0.05 for p in ps), "drift_p_lt_0.01": sum(p < 0.01 for p in ps)}
+    record = {"what": "fastmae drift on one held-out split (test/good) and fixed shifted copies, 20 seeds each",
+              "held_out": str(held), "other_background": f"good_image(i, {SWEEP_SEED}) on another belt",
+              "sweeps": sweeps, "device": "cpu",
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "versions": {"fastmae": getattr(fastmae, "__version__", "dev"), "torch": torch.__version__},
+              "checkpoint": a.checkpoint, "reference": a.saved_reference,
+              "command_per_seed": "fastmae " + shlex.join(base + ["--data", "SET", "--json", "OUT", "--seed", "SEED"]),
+              "command": "python benchmarks/monitor_measure.py " + shlex.join(a.argv)}
+    Path(a.record).write_text(json.dumps(record, indent=2) + "\n")
+    print({k: (v["no_drift_p_gt_0.05"], v["drift_p_lt_0.01"], min(v["p_values"]), max(v["p_values"]))
+           for k, v in sweeps.items()})
 
 
 def cli(argv, commands) -> int:
@@ -262,13 +308,17 @@ if __name__ == "__main__":
     p.add_argument("--null-draws", type=int, default=0,
                    help="instead: the drift test's false-alarm rate over this many fresh draws (needs "
                         "--null-reference and --record)")
-    p.add_argument("--null-reference", default=None, help="a saved reference file (fastmae score --save-reference)")
+    p.add_argument("--seed-sweep", action="store_true",
+                   help="instead: `fastmae drift` on test/good and shifted copies of it, 20 seeds each (needs "
+                        "--saved-reference and --record)")
+    p.add_argument("--saved-reference", "--null-reference", default=None,
+                   help="a saved reference file (fastmae score --save-reference)")
     p.add_argument("extra", nargs="*", help="extra `fastmae score` flags (after --)")
     a = p.parse_args()
     a.argv = sys.argv[1:]
-    if a.null_draws:
-        if not (a.null_reference and a.record):
-            p.error("--null-draws needs --null-reference and --record")
-        null_draws(a)
+    if a.null_draws or a.seed_sweep:
+        if not (a.saved_reference and a.record):
+            p.error("--null-draws and --seed-sweep need --saved-reference and --record")
+        null_draws(a) if a.null_draws else seed_sweep(a)
     else:
         run(a)
