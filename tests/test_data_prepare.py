@@ -234,3 +234,17 @@ def test_size_hint_only_for_large_unprepared_images(tmp_path):
     assert size_hint(paths, 256) is None  # 1000 <= 4 x 256
     prepare(tmp_path / "big", tmp_path / "prep", max_size=1000)  # a copy that is still large
     assert size_hint(scan(tmp_path / "prep").paths, 224) is None  # a prepared copy is in use
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_shrink_is_pillows_bicubic_and_encodes_as_the_rgb_image_would(mode):
+    img = _img(_rng(), 301, 211, mode, cell=3)
+    got = prep.shrink(img, (150, 105))
+    want = img.resize((150, 105), Image.BICUBIC)
+    assert got.size == (150, 105) and got.mode == ("RGBX" if mode == "RGB" else "L")
+    diff = np.abs(np.asarray(got.convert(mode), int) - np.asarray(want, int))
+    assert diff.max() <= 2 and diff.mean() < 0.3
+    a, b = io.BytesIO(), io.BytesIO()
+    got.save(a, "JPEG", quality=95)
+    got.convert(mode).save(b, "JPEG", quality=95)
+    assert a.getvalue() == b.getvalue()
