@@ -25,7 +25,6 @@ from PIL import Image
 from ..files import atomic_save_file, atomic_write_text
 from ..settings import ConfigError, DataError
 from .images import BadImage, decode
-from .base import one_torch_thread
 from .reduced import Opened, jpeg_scale, kernel_input, oriented_reduced
 from .sources import PREPARED_LIST, PREPARED_MANIFEST, Samples, is_int, scan
 
@@ -279,7 +278,7 @@ def prepare(source, out, *, max_size: int = 512, quality: int = 95, workers: int
     save()  # settings first: a run stopped now still knows what this folder is
     last = time.perf_counter()
     workers = workers or max(1, min(32, len(os.sched_getaffinity(0))))
-    with one_torch_thread(), ThreadPoolExecutor(workers) as pool:  # the pool is the parallelism
+    with ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(_job, path, out / name, old, max_size, quality): (path, name)
                    for path, name, old in jobs}
         recorded = set()

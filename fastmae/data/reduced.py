@@ -19,8 +19,10 @@ maps output pixel i to the input centre scale * (i + 0.5) from its input's first
 the input is cut at a whole pixel a and k extra leading outputs are computed and dropped,
 with a, k and the scale chosen so that the box's edges land within EDGE_TOL decoded pixels
 of the exact ones (0.2 source pixels at 1/4; crop_params itself rounds a window to whole
-source pixels). About a quarter of boxes cannot be hit that closely; they, and boxes whose
-filter would reach past the image edge, are resized by Pillow with the exact box."""
+source pixels). A box whose filter reaches the image's first pixel is resized mirrored (it is
+then far from the start). About one box in seven still cannot be hit that closely (near both
+ends of an axis, or at a scale near a whole number); those are resized by Pillow with the
+exact box."""
 from __future__ import annotations
 
 import io
@@ -270,7 +272,7 @@ def kernel_input(img: Image.Image) -> torch.Tensor:
 
 def resize_box(img: Image.Image, box, out_size) -> torch.Tensor:
     """img (RGB or L) resized from the fractional box (x0, y0, x1, y1) to out_size (w, h),
-    antialiased bicubic, as uint8 (C, h, w): torch's kernel when _fit_axis hits the box on
+    antialiased bicubic, as uint8 (C, h, w): torch's kernel when _fit_either hits the box on
     both axes, else Pillow's resize(box=...)."""
     ow, oh = out_size
     fx, mx = _fit_either(box[0], box[2], img.width, ow)
