@@ -1,6 +1,7 @@
 """pytest-benchmark suite of `fastmae score`'s work per batch of images: complementary-mask
 reconstruction error, encoder features and kNN novelty (Scorer.score), on the CPU with a
-micro model at 64 px, and on CUDA with ViT-B/16 at 224 px in bf16 when there is a GPU.
+micro model at 64 px, and on CUDA with ViT-B/16 at 224 px in bf16, eager and compiled, when
+there is a GPU.
 
     pytest benchmarks/test_bench_monitor.py --benchmark-only [--benchmark-json FILE]
 
@@ -20,14 +21,17 @@ else:
 
 
 COMPONENTS = {"all": ("recon", "patch_novelty", "novelty"), "features-only": ("patch_novelty", "novelty")}
+COMPILE = ("off", "on") if CUDA else ("off",)  # on the CPU inductor's compile outlasts the run
 
 
-@pytest.fixture(scope="module", params=list(COMPONENTS))
+@pytest.fixture(scope="module", params=[(c, k) for c in COMPONENTS for k in COMPILE],
+                ids=lambda p: f"{p[0]}-compile-{p[1]}")
 def scorer(request):
+    components, compile_setting = request.param
     torch.manual_seed(0)
     model = create_model(SIZE["model"], img_size=SIZE["img_size"])
     s = Scorer(model, device="cuda" if CUDA else "cpu", precision=SIZE["precision"], rounds=2,
-               batch_size=SIZE["batch"], components=COMPONENTS[request.param])
+               batch_size=SIZE["batch"], components=COMPONENTS[components], compile=compile_setting)
     s.fit(torch.randn(SIZE["reference"], 3, SIZE["img_size"], SIZE["img_size"]), fpr=0.05)
     return s
 
@@ -46,6 +50,7 @@ def test_score_images(benchmark, scorer):
     benchmark.extra_info.update(
         model=SIZE["model"], img_size=SIZE["img_size"], batch=SIZE["batch"], rounds=scorer.rounds,
         passes=scorer.masks.passes, components=scorer.components, precision=scorer.precision,
+        compiled=scorer.compiled,
         device=torch.cuda.get_device_name() if CUDA else "cpu")
     if benchmark.stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["images_per_s"] = SIZE["batch"] / benchmark.stats.stats.median

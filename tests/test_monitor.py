@@ -12,7 +12,7 @@ from fastmae.monitor.drift import frechet_distance, mmd_test
 from fastmae.monitor.masks import passes_for
 from fastmae.monitor.metrics import auroc
 from fastmae.monitor.recon import reconstruction_error, training_target
-from fastmae.settings import CheckpointError, DataError
+from fastmae.settings import CheckpointError, ConfigError, DataError
 
 from .downstream_helpers import tiny_mae
 
@@ -329,3 +329,52 @@ def test_robust_scale_of_more_values_than_quantile_takes():
     x = torch.rand(2**24 + 3, generator=torch.Generator().manual_seed(0))  # torch.quantile refuses this many
     loc, scale = robust_scale(x)
     assert abs(float(loc) - 0.5) < 1e-3 and abs(float(scale) - 0.5 / 1.349) < 1e-3
+
+
+def test_compile_on_runs_every_block_compiled_with_eagers_scores(monkeypatch):
+    # dynamo with its eager backend: the tracing, guards and recompiles of the real thing
+    # without the code generation (the slow test below runs inductor)
+    real, wrapped = torch.compile, []
+
+    def compile_eager(fn, **kw):
+        wrapped.append(fn)
+        return real(fn, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    torch._dynamo.reset()
+    assert not Scorer(tiny_mae(), device="cpu").compiled  # auto: eager on the CPU
+    with pytest.raises(ConfigError, match="compile"):
+        Scorer(tiny_mae(), device="cpu", compile="sometimes")
+    torch.manual_seed(0)
+    eager = Scorer(tiny_mae(), device="cpu", compile="off")
+    torch.manual_seed(0)
+    model = tiny_mae()
+    compiled = Scorer(model, device="cpu", compile="on")
+    blocks = len(model.blocks) + len(model.decoder_blocks)
+    assert compiled.compiled and len(wrapped) == blocks
+    Scorer(model, device="cpu", compile="on")
+    assert len(wrapped) == blocks  # a model compiled once is not wrapped again
+    ref, imgs = good_images(24, seed=1), good_images(5, seed=7)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never silently eager
+        compiled.fit(ref, fpr=0.05)
+        got = compiled.score(imgs)
+    eager.fit(ref, fpr=0.05)
+    want = eager.score(imgs)
+    torch.testing.assert_close(got.score, want.score, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got.heatmap, want.heatmap, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compile_on_with_inductor_scores_as_eager():
+    torch.manual_seed(0)
+    eager = Scorer(tiny_mae(), device="cpu", compile="off")
+    torch.manual_seed(0)
+    compiled = Scorer(tiny_mae(), device="cpu", compile="on")
+    ref, imgs = good_images(24, seed=1), good_images(5, seed=7)
+    eager.fit(ref, fpr=0.05)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        compiled.fit(ref, fpr=0.05)
+        got = compiled.score(imgs)
+    want = eager.score(imgs)
+    torch.testing.assert_close(got.score, want.score, rtol=0, atol=1e-4)  # measured: 5e-6
+    torch.testing.assert_close(got.heatmap, want.heatmap, rtol=0, atol=1e-4)

@@ -105,6 +105,9 @@ def test_score_user_errors_exit_2(setup, capsys):
     rc = main(["score", "--checkpoint", str(ckpt), "--reference", str(ref), "--data", str(data),
                "--out", str(tmp / "o"), "--device", "cpu", "--kernels", "torch", "--feature-layer", "99"])
     assert rc == 2 and "feature layer must be in 1.." in capsys.readouterr().err
+    rc = main(["score", "--checkpoint", str(ckpt), "--reference", str(ref), "--data", str(data),
+               "--out", str(tmp / "o"), "--device", "cpu", "--kernels", "torch", "--compile", "sometimes"])
+    assert rc == 2 and "compile" in capsys.readouterr().err
 
 
 def test_drift_exit_codes(setup, capsys):
@@ -122,6 +125,7 @@ def test_drift_exit_codes(setup, capsys):
     res = json.loads(js.read_text())
     assert rc == 1 and res["drift"] is True and res["p_value"] < 0.01
     assert set(res) >= {"mmd2", "frechet_distance", "novelty", "bandwidth", "images_per_s"}
+    assert res["compiled"] is False  # --compile auto: eager on the CPU
     assert "<svg" in (tmp / "drift.html").read_text()
     rc = main(["drift", "--checkpoint", str(ckpt), "--reference", str(ref), "--data", str(dark),
                "--alpha", "1.5", "--device", "cpu", "--kernels", "torch"])

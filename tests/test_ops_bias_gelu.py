@@ -142,3 +142,20 @@ def test_compiled_vit_b_mlp_shapes_bf16():
     assert_low_precision_close(out.cpu(), t_out.cpu(), r_out.cpu(), 1e-6, "out")
     assert_low_precision_close(gx.cpu(), t_gx.cpu(), r_gx.cpu(), 1e-6, "grad x")
     assert_low_precision_close(gb.cpu(), t_gb.cpu(), r_gb.cpu(), 1e-3, "grad bias")
+
+
+def test_counting_calls_does_not_recompile_a_compiled_caller():
+    # dynamo guards on the Python values traced code mutates: a call counter bumped inside a
+    # compiled function would recompile it on every call (and past the limit, run it eagerly)
+    from fastmae.ops import dispatch
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, b: bias_gelu(x, b, "torch"), backend="eager")
+    x, b = torch.randn(4, 8), torch.randn(8)
+    key = f"{OP}:torch"
+    before = dispatch.calls[key]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            torch.testing.assert_close(f(x, b), bias_gelu_torch(x, b))
+    assert dispatch.calls[key] == before  # not counted inside the graph
+    bias_gelu(x, b, "torch")
+    assert dispatch.calls[key] == before + 1  # counted eagerly

@@ -24,5 +24,5 @@ def run(args) -> int:
     result = drift_folder(args.checkpoint, args.reference, args.data, json_out=args.json,
                           report=args.report, alpha=args.alpha, permutations=args.permutations,
                           seed=args.seed, device=args.device, precision=args.precision,
-                          batch_size=args.batch_size, kernels=args.kernels)
+                          batch_size=args.batch_size, kernels=args.kernels, compile=args.compile)
     return 1 if result["drift"] else 0

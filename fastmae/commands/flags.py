@@ -3,7 +3,7 @@ underscore ones, help text listing a setting's allowed values (from fastmae.sett
 the data and runtime flags the labelled-data commands (finetune, linprobe, knn) share."""
 import argparse
 
-from ..settings import ATTENTION, DEVICES, KERNELS, LOADERS, PRECISIONS
+from ..settings import ATTENTION, COMPILE, DEVICES, KERNELS, LOADERS, PRECISIONS
 
 
 def flag(p, name: str, *aliases: str, **kw) -> None:
@@ -59,3 +59,5 @@ def add_inference_flags(p: argparse.ArgumentParser, batch_size: int = 32) -> Non
     flag(p, "device", default="auto", help=DEVICE_HELP)
     flag(p, "precision", default=None, help=PRECISION_HELP)
     flag(p, "kernels", default="auto", help=KERNELS_HELP)
+    flag(p, "compile", default="auto",
+         help=f"torch.compile of the model's blocks: {one_of(COMPILE)} (auto: on for CUDA, off on the CPU)")

@@ -44,7 +44,8 @@ def run(args) -> int:
         [c.strip() for c in args.components.split(",") if c.strip()]
     score_folder(args.checkpoint, args.reference, args.data, args.out, save_reference=args.save_reference,
                  fpr=args.fpr, rounds=args.rounds, mask_ratio=args.mask_ratio, seed=args.seed,
-                 device=args.device, precision=args.precision, batch_size=args.batch_size, kernels=args.kernels, top=args.top,
+                 device=args.device, precision=args.precision, batch_size=args.batch_size, kernels=args.kernels,
+                 compile=args.compile, top=args.top,
                  components=comps,
                  feature_layer=args.feature_layer, bank_size=args.bank_size, recon_smooth=args.recon_smooth,
                  feature_center=args.feature_center, sigma=args.sigma)

@@ -28,6 +28,8 @@ def compile_model(model: nn.Module, mode: str = "model", call: nn.Module | None 
     if not blocks:
         raise ConfigError(f"--compile-mode blocks: {type(model).__name__} has no transformer blocks")
     for blk in blocks:
+        if "forward_split" in vars(blk):
+            continue  # compiled already (a scorer given a model that was compiled for training)
         # An instance attribute shadows the method: run_blocks calls blk.forward_split.
         blk.forward_split = torch.compile(blk.forward_split, **options)
     return call

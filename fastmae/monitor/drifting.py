@@ -64,9 +64,9 @@ def drift_test(ref_emb: torch.Tensor, new_emb: torch.Tensor, *, alpha: float = 0
 
 def drift_folder(checkpoint, reference, data, *, json_out=None, report=None, alpha=0.01,
                  permutations=1000, seed=0, device="auto", precision=None, batch_size=32,
-                 kernels="auto", log=print) -> dict:
+                 kernels="auto", compile="auto", log=print) -> dict:
     model = load_model(checkpoint, kernels)
-    scorer = Scorer(model, device=device, precision=precision, batch_size=batch_size, seed=seed)
+    scorer = Scorer(model, device=device, precision=precision, batch_size=batch_size, seed=seed, compile=compile)
     ref_emb, skipped = reference_embeddings(scorer, reference)
     new = load_folder(data, model.img_size, model.in_chans)
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def drift_folder(checkpoint, reference, data, *, json_out=None, report=None, alp
     ips = len(new.paths) / max(time.perf_counter() - t0, 1e-9)
     result = drift_test(ref_emb, new_emb, alpha=alpha, permutations=permutations, seed=seed)
     ref_nov, new_nov = result.pop("_novelty_values")
-    result.update({"images_per_s": ips, "device": str(scorer.device),
+    result.update({"images_per_s": ips, "device": str(scorer.device), "compiled": scorer.compiled,
                    "skipped": [{"path": p, "reason": r} for p, r in skipped + new.skipped]})
     if json_out:
         atomic_write_json(result, Path(json_out).expanduser())

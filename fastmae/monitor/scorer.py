@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..models.compiled import compile_enabled, compile_model
 from ..settings import ConfigError, autocast, resolve_device, resolve_precision
 from .calibrate import check_reference_count, combine, robust_scale, threshold_at_fpr
 from .masks import complementary_masks
@@ -45,18 +46,25 @@ def model_signature(model) -> dict:
 
 class Scorer:
     """Scorer(model, reference=Reference | path.safetensors | None).score(images) -> ScoreResult.
-    Without a reference, call fit(images) first (or fastmae.monitor.fit_reference)."""
+    Without a reference, call fit(images) first (or fastmae.monitor.fit_reference).
+    compile: torch.compile of the model's transformer blocks, in place (auto: on CUDA only)."""
 
     def __init__(self, model, reference=None, *, rounds: int = 2, mask_ratio: float = 0.75,
                  seed: int = 0, device="auto", precision: str | None = None, batch_size: int = 32,
                  bank_size: int = 50000, knn: int = 3, components=COMPONENTS, sigma: float | None = None,
-                 feature_layer: int | None = None, recon_smooth: float = 0.0, feature_center: str = "image"):
+                 feature_layer: int | None = None, recon_smooth: float = 0.0, feature_center: str = "image",
+                 compile: str = "auto"):
         bad = [c for c in components if c not in COMPONENTS]
         if bad or not components:
             raise ConfigError(f"unknown score component(s) {bad}; choose from {', '.join(COMPONENTS)}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval().requires_grad_(False)
+        # Every path (features, complementary-mask passes, intermediate layers) runs the blocks'
+        # forward_split, so compiling the blocks, in place, compiles them all.
+        self.compiled = compile_enabled(compile, self.device)
+        if self.compiled:
+            compile_model(self.model, mode="blocks", dynamic=True)
         self.rounds, self.mask_ratio, self.seed = int(rounds), float(mask_ratio), int(seed)
         self.batch_size, self.bank_size, self.knn = int(batch_size), int(bank_size), int(knn)
         self.components = list(components)

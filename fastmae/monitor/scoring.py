@@ -46,7 +46,7 @@ def evaluate(result, labels, masks) -> dict:
 
 def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=None, rounds=2,
                  mask_ratio=0.75, seed=0, device="auto", precision=None, batch_size=32,
-                 top=16, components=None, kernels="auto", log=print,
+                 top=16, components=None, kernels="auto", compile="auto", log=print,
                  feature_layer=None, bank_size=50000, recon_smooth=0.0, feature_center="image",
                  sigma=None) -> dict:
     out = Path(out).expanduser()
@@ -55,7 +55,7 @@ def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=N
     scorer = Scorer(model, rounds=rounds, mask_ratio=mask_ratio, seed=seed, device=device,
                     precision=precision, batch_size=batch_size, feature_layer=feature_layer,
                     bank_size=bank_size, recon_smooth=recon_smooth, feature_center=feature_center,
-                    sigma=sigma, **kw)
+                    sigma=sigma, compile=compile, **kw)
     t0 = time.perf_counter()
     ref, ref_skipped = reference_for(scorer, reference, fpr)
     t_ref = time.perf_counter() - t0
@@ -103,7 +103,7 @@ def score_folder(checkpoint, reference, data, out, *, save_reference=None, fpr=N
     summary = {"n_images": len(new.paths), "n_flagged": int(result.verdict.sum()),
                "threshold": ref.threshold, "fpr": ref.meta.get("fpr"), "images_per_s": ips,
                "score_seconds": seconds, "reference_seconds": t_ref,
-               "device": str(scorer.device), "precision": scorer.precision,
+               "device": str(scorer.device), "precision": scorer.precision, "compiled": scorer.compiled,
                "settings": {k: v for k, v in ref.meta.items() if k != "model"},
                "metrics": metrics,
                "skipped": [{"path": p, "reason": r} for p, r in ref_skipped + new.skipped]}

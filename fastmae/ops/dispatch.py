@@ -45,7 +45,10 @@ def resolve(name: str, x: torch.Tensor) -> str:
 
 
 def record(op: str, impl: str) -> None:
-    calls[f"{op}:{impl}"] += 1
+    """Count a call, outside torch.compile only: a counter bumped in traced code becomes a guard
+    on its value, so every call would recompile the graph (and past the recompile limit, run eagerly)."""
+    if not torch.compiler.is_compiling():
+        calls[f"{op}:{impl}"] += 1
 
 
 def reads_values(t: torch.Tensor) -> bool:
