@@ -17,6 +17,7 @@ def bias_gelu_torch(x, bias):
 
 @torch.library.custom_op("fastmae::bias_gelu", mutates_args=())
 def _fwd_op(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    dispatch.record(OP, "triton")  # here: the body runs in compiled graphs too
     from ..kernels import bias_gelu
     return bias_gelu.bias_gelu_fwd(x, bias)
 
@@ -63,7 +64,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, kernels: str = "auto") -> tor
     if x.device != bias.device:
         raise ValueError(f"x is on {x.device} but bias is on {bias.device}")
     impl = dispatch.resolve(kernels, x)
-    dispatch.record(OP, impl)
     if impl == "torch":
+        dispatch.record(OP, impl)
         return bias_gelu_torch(x, bias)
     return _fwd_op(x, bias)

@@ -45,8 +45,10 @@ def resolve(name: str, x: torch.Tensor) -> str:
 
 
 def record(op: str, impl: str) -> None:
-    """Count a call, outside torch.compile only: a counter bumped in traced code becomes a guard
-    on its value, so every call would recompile the graph (and past the recompile limit, run eagerly)."""
+    """Count a call. Not while torch.compile traces: a counter bumped in traced code becomes a
+    guard on its value, so every call would recompile the graph (and past the recompile limit,
+    run eagerly). The Triton path counts inside its custom ops, whose bodies run in compiled
+    graphs too; the torch path is counted in eager code only."""
     if not torch.compiler.is_compiling():
         calls[f"{op}:{impl}"] += 1
 

@@ -15,6 +15,7 @@ def gather_visible_patches_torch(imgs: torch.Tensor, ids_keep: torch.Tensor, pat
 
 @torch.library.custom_op("fastmae::gather_visible_patches", mutates_args=())
 def _gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int) -> torch.Tensor:
+    dispatch.record(OP, "triton")  # here: the body runs in compiled graphs too
     from ..kernels import gather
     return gather.gather_fwd(imgs, ids_keep, patch_size)
 
@@ -48,7 +49,7 @@ def gather_visible_patches(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_siz
     if ids_keep.device != imgs.device:
         raise ValueError(f"ids_keep is on {ids_keep.device} but the images are on {imgs.device}")
     impl = dispatch.resolve(kernels, imgs)
-    dispatch.record(OP, impl)
     if impl == "triton":
         return _gather_op(imgs.detach(), ids_keep, patch_size)
+    dispatch.record(OP, impl)
     return gather_visible_patches_torch(imgs.detach(), ids_keep, patch_size)

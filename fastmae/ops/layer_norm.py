@@ -32,6 +32,7 @@ def _empty(t: torch.Tensor) -> torch.Tensor:
 def _fwd_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
             bias: torch.Tensor | None, eps: float, out_dtype: torch.dtype
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dispatch.record(OP, "triton")  # here: the body runs in compiled graphs too
     from ..kernels import layer_norm
     y, h, mean, rstd = layer_norm.add_layer_norm_fwd(x, residual, weight, bias, eps, out_dtype)
     return y, (h if h is not None else _empty(x)), mean, rstd
@@ -127,8 +128,8 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch
     new_residual = x + residual (x when residual is None) and y = LayerNorm(new_residual)."""
     check_inputs(x, residual, weight, bias)
     impl = dispatch.resolve(kernels, x)
-    dispatch.record(OP, impl)
     if impl == "torch":
+        dispatch.record(OP, impl)
         return add_layer_norm_torch(x, residual, weight, bias, eps)
     h_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     y, h, _mean, _rstd = _fwd_op(x, residual, weight, bias, float(eps),

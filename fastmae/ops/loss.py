@@ -22,6 +22,7 @@ def masked_pixel_loss_torch(pred, imgs, mask, patch_size, norm_pix_loss):
 @torch.library.custom_op("fastmae::masked_pixel_loss", mutates_args=())
 def _fwd_op(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor, patch_size: int,
             norm_pix_loss: bool, write_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dispatch.record(OP, "triton")  # here: the body runs in compiled graphs too
     """-> (loss, g = 2 m (pred - t) in fp32 or an empty tensor, denom): the kernel writes
     the unscaled gradient during the forward pass, so backward is one scale."""
     from ..kernels import loss as loss_kernels
@@ -85,7 +86,6 @@ def masked_pixel_loss(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor
         raise ValueError(f"pred, images and mask are on different devices: {pred.device}, "
                          f"{imgs.device}, {mask.device}")
     impl = dispatch.resolve(kernels, pred)
-    dispatch.record(OP, impl)
     if impl == "triton":
         # The gradient is written only when backward can be asked for.
         write_grad = pred.requires_grad and torch.is_grad_enabled()
@@ -93,4 +93,5 @@ def masked_pixel_loss(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor
         loss, _g, _denom = _fwd_op(pred, imgs.detach(), mask.detach(), patch_size,
                                    bool(norm_pix_loss), write_grad)
         return loss
+    dispatch.record(OP, impl)
     return masked_pixel_loss_torch(pred, imgs, mask, patch_size, norm_pix_loss)

@@ -18,6 +18,7 @@ def unshuffle_with_mask_token_torch(x, mask_token, ids_restore, pos_embed):
 @torch.library.custom_op("fastmae::unshuffle_with_mask_token", mutates_args=())
 def _fwd_op(x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor,
             pos_embed: torch.Tensor) -> torch.Tensor:
+    dispatch.record(OP, "triton")  # here: the body runs in compiled graphs too
     from ..kernels import unshuffle
     return unshuffle.unshuffle_fwd(x, mask_token, ids_restore, pos_embed)
 
@@ -101,7 +102,7 @@ def unshuffle_with_mask_token(x: torch.Tensor, mask_token: torch.Tensor, ids_res
         raise ValueError(f"unshuffle inputs are on different devices: {sorted(map(str, devices))}")
     check_permutation(ids_restore)
     impl = dispatch.resolve(kernels, x)
-    dispatch.record(OP, impl)
     if impl == "triton":
         return _fwd_op(x, mask_token, ids_restore, pos_embed)
+    dispatch.record(OP, impl)
     return unshuffle_with_mask_token_torch(x, mask_token, ids_restore, pos_embed)
