@@ -31,8 +31,8 @@ scratch folder) and lets the -prepared contenders read DIR:
 torchvision-prepared,fastmae-cpu-prepared,fastmae-torch-prepared \
         --json benchmarks/results/data-big-cpu-DATE.json --png benchmarks/results/data-big-cpu-DATE.png
 
-Each round builds a fresh iterator per contender, drops --warmup batches, then times
---batches batches (CUDA synchronised). Reported: images/s per round, the median, and the
+Each round builds a fresh loader per contender (closed at the round's end), drops --warmup
+batches, then times --batches batches (CUDA synchronised). Reported: images/s per round, the median, and the
 median of the per-round ratios to torchvision; the same for images per CPU-second of the
 process and its workers (from /proc), the steadier figure on a machine other jobs share;
 and the 1-minute load average after each round."""
