@@ -32,10 +32,10 @@ torchvision-prepared,fastmae-cpu-prepared,fastmae-torch-prepared \
         --json benchmarks/results/data-big-cpu-DATE.json --png benchmarks/results/data-big-cpu-DATE.png
 
 Each round builds a fresh loader per contender (closed at the round's end), drops --warmup
-batches, then times --batches batches (CUDA synchronised). Reported: images/s per round, the median, and the
-median of the per-round ratios to torchvision; the same for images per CPU-second of the
-process and its workers (from /proc), the steadier figure on a machine other jobs share;
-and the 1-minute load average after each round."""
+batches, then times --batches batches (CUDA synchronised). Reported: images/s per round, the
+median, and the median of the per-round ratios to torchvision; the same for images per
+CPU-second of the process and its workers (from /proc), the steadier figure on a machine
+other jobs share; and the 1-minute load average after each round."""
 from __future__ import annotations
 
 import argparse
