@@ -5,13 +5,11 @@ images (a quarter of float32's bytes through shared memory and, on a GPU, the PC
 ToTensor + Normalize run once per batch, on the training device, with the same arithmetic."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..settings import DataError
-from .base import Loader, one_torch_thread
+from .base import Loader
 from .images import BadImage
 from .transforms import sample_generator
 
@@ -106,10 +104,7 @@ class TorchLoader(Loader):
     def _generate(self, it):
         normalize = self._dl.dataset.transform.normalize
         non_blocking = self.device.type == "cuda"
-        threads = one_torch_thread if self.device.type == "cpu" else contextlib.nullcontext  # workers hold the cores
         for imgs, labels, skipped in it:
             if skipped:
                 self._record_skips(skipped)
-            with threads():
-                out = self._out(normalize(imgs.to(self.device, non_blocking=non_blocking)), labels)
-            yield out
+            yield self._out(normalize(imgs.to(self.device, non_blocking=non_blocking)), labels)
