@@ -3,26 +3,12 @@ the record of skipped files. Backends only turn a plan of sample indices into te
 from __future__ import annotations
 
 import abc
-import contextlib
 import warnings
 
 import torch
 
 from ..settings import DataError
 from .sources import Samples, epoch_order
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Run the block's torch ops on one thread: a loader's small host-side ops (resize,
-    normalise) share the cores with its decoder workers or threads, and an intra-op pool
-    whose threads spin between ops takes those cores (measured: up to 4x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class DataWarning(UserWarning):
