@@ -140,6 +140,19 @@ def drift_p(scorer, ref_emb, folder: Path, size: int, seed: int) -> float:
     return drift_test(ref_emb, emb, seed=seed, permutations=1000)["p_value"]
 
 
+def counts(ps) -> dict:
+    """How many p-values say no drift (p > 0.05) and how many say drift (p < 0.01)."""
+    return {"no_drift_p_gt_0.05": sum(p > 0.05 for p in ps), "drift_p_lt_0.01": sum(p < 0.01 for p in ps)}
+
+
+def provenance(a) -> dict:
+    """The fields every record of a saved-reference measurement carries."""
+    return {"device": "cpu", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"fastmae": getattr(fastmae, "__version__", "dev"), "torch": torch.__version__},
+            "checkpoint": a.checkpoint, "reference": a.saved_reference,
+            "command": "python benchmarks/monitor_measure.py " + shlex.join(a.argv)}
+
+
 def null_draws(a) -> None:
     """The drift test's false-alarm rate, measured: n independent draws of fresh good images
     (good_image(i, NULL_SEED + s)) against a saved reference; an exact test flags about alpha
@@ -159,10 +172,7 @@ def null_draws(a) -> None:
               "p_values": ps.tolist(), "flagged_p_le_0.05": int((ps <= 0.05).sum()),
               "flagged_p_lt_0.01": int((ps < 0.01).sum()),
               "expected_if_exact": {"p_le_0.05": 0.05 * a.null_draws, "p_lt_0.01": 0.01 * a.null_draws},
-              "device": "cpu", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "versions": {"fastmae": getattr(fastmae, "__version__", "dev"), "torch": torch.__version__},
-              "checkpoint": a.checkpoint, "reference": a.saved_reference,
-              "command": "python benchmarks/monitor_measure.py " + shlex.join(a.argv)}
+              **provenance(a)}
     Path(a.record).write_text(json.dumps(record, indent=2) + "\n")
     print({k: record[k] for k in ("draws", "flagged_p_le_0.05", "flagged_p_lt_0.01", "expected_if_exact")})
 
@@ -192,16 +202,12 @@ def seed_sweep(a) -> None:
                 out = tmp / f"{name}-{seed}.json"
                 codes.append(main(base + ["--data", str(folder), "--json", str(out), "--seed", str(seed)]))
                 ps.append(json.loads(out.read_text())["p_value"])
-            sweeps[name] = {"p_values": ps, "exit_codes": codes, "n_new": len(names),
-                            "no_drift_p_gt_0.05": sum(p > 0.05 for p in ps), "drift_p_lt_0.01": sum(p < 0.01 for p in ps)}
+            sweeps[name] = {"p_values": ps, "exit_codes": codes, "n_new": len(names), **counts(ps)}
     record = {"what": "fastmae drift on one held-out split (test/good) and fixed shifted copies, 20 seeds each",
               "held_out": str(held), "other_background": f"good_image(i, {SWEEP_SEED}) on another belt",
-              "sweeps": sweeps, "device": "cpu",
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "versions": {"fastmae": getattr(fastmae, "__version__", "dev"), "torch": torch.__version__},
-              "checkpoint": a.checkpoint, "reference": a.saved_reference,
+              "sweeps": sweeps,
               "command_per_seed": "fastmae " + shlex.join(base + ["--data", "SET", "--json", "OUT", "--seed", "SEED"]),
-              "command": "python benchmarks/monitor_measure.py " + shlex.join(a.argv)}
+              **provenance(a)}
     Path(a.record).write_text(json.dumps(record, indent=2) + "\n")
     print({k: (v["no_drift_p_gt_0.05"], v["drift_p_lt_0.01"], min(v["p_values"]), max(v["p_values"]))
            for k, v in sweeps.items()})
@@ -255,8 +261,7 @@ def run(a):
             for name, folder in pools.items():
                 drift.setdefault(name, []).append(drift_p(scorer, ref_emb, folder, model.img_size, seed))
         drift = {name: {"p_values": ps, "n_new": a.drift_n, "n_reference": int(ref_emb.shape[0]),
-                        "new_images": f"good_image(i, {DRIFT_SEED} + seed), i < {a.drift_n}",
-                        "no_drift_p_gt_0.05": sum(p > 0.05 for p in ps), "drift_p_lt_0.01": sum(p < 0.01 for p in ps)}
+                        "new_images": f"good_image(i, {DRIFT_SEED} + seed), i < {a.drift_n}", **counts(ps)}
                  for name, ps in drift.items()}
         record["drift_20_seeds"] = drift
         # The CLI's exit codes on one held-out and one shifted folder.
@@ -307,7 +312,7 @@ if __name__ == "__main__":
                    help="choose the scoring settings on a validation split first (never test/)")
     p.add_argument("--null-draws", type=int, default=0,
                    help="instead: the drift test's false-alarm rate over this many fresh draws (needs "
-                        "--null-reference and --record)")
+                        "--saved-reference and --record)")
     p.add_argument("--seed-sweep", action="store_true",
                    help="instead: `fastmae drift` on test/good and shifted copies of it, 20 seeds each (needs "
                         "--saved-reference and --record)")
@@ -319,6 +324,9 @@ if __name__ == "__main__":
     if a.null_draws or a.seed_sweep:
         if not (a.saved_reference and a.record):
             p.error("--null-draws and --seed-sweep need --saved-reference and --record")
-        null_draws(a) if a.null_draws else seed_sweep(a)
+        if a.null_draws:
+            null_draws(a)
+        else:
+            seed_sweep(a)
     else:
         run(a)
