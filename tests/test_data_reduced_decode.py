@@ -64,9 +64,9 @@ def scales(monkeypatch):
     used = []
     real = reduced_mod.Opened.decode_stored
 
-    def spy(self, d, in_chans):
+    def spy(self, d, in_chans, **kw):
         used.append(d)
-        return real(self, d, in_chans)
+        return real(self, d, in_chans, **kw)
 
     monkeypatch.setattr(reduced_mod.Opened, "decode_stored", spy)
     return used
@@ -108,8 +108,82 @@ def test_decode_at_each_scale_has_libjpegs_size_and_geometry(w, h, d):
     assert _psnr(a, resized(s)) < _psnr(a, resized(0)) - 3  # one decoded pixel off is visible
 
 
+@pytest.mark.parametrize("subsampling,mcu", [(2, 16), (1, 8), (0, 8)])  # 4:2:0, 4:2:2 (2x1), 4:4:4
+def test_frame_header_gives_the_height_field_and_mcu_rows(subsampling, mcu):
+    buf = io.BytesIO()
+    _smooth(_rng(), 320, 200).save(buf, "JPEG", quality=90, subsampling=subsampling, exif=Image.Exif().tobytes())
+    data = buf.getvalue()
+    at, marker, rows = reduced_mod._frame(data)
+    assert (marker, rows) == (0xC0, mcu) and data[at:at + 4] == bytes([0, 200, 1, 64])  # height 200, width 320
+    gray = io.BytesIO()
+    _smooth(_rng(), 64, 40).convert("L").save(gray, "JPEG")
+    assert reduced_mod._frame(gray.getvalue())[2] == 8
+    prog = io.BytesIO()
+    _smooth(_rng(), 64, 40).save(prog, "JPEG", progressive=True)
+    assert reduced_mod._frame(prog.getvalue())[1] == 0xC2
+    assert reduced_mod._frame(b"\xff\xd8\xff\xda\x00\x02") is None and reduced_mod._frame(b"\xff\xd8\x00") is None
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+@pytest.mark.parametrize("subsampling", [2, 0])
+def test_a_cut_decode_has_the_whole_decodes_rows(d, subsampling):
+    """decode_stored(rows=...) stops a whole MCU row past `rows`; the rows above that last
+    MCU row are bit for bit the whole decode's, at every scale (in the last one, full-scale
+    chroma upsampling meets the image's new bottom edge)."""
+    assert reduced_mod.rows_supported()
+    buf = io.BytesIO()
+    _smooth(_rng(), 1000, 760).save(buf, "JPEG", quality=90, subsampling=subsampling)
+    data = buf.getvalue()
+    mcu = 16 if subsampling == 2 else 8
+    with Opened(data) as src:
+        whole = np.asarray(src.decode_stored(d, 3))
+    for rows in (1, 333, 700, 728):
+        keep = (-(-rows // mcu) + 1) * mcu
+        with Opened(data) as src:
+            cut = np.asarray(src.decode_stored(d, 3, rows=rows))
+        assert cut.shape[0] == reduced_mod.scaled_size(1000, keep, d)[1] < whole.shape[0]
+        exact = reduced_mod.scaled_size(1000, keep - mcu, d)[1]
+        assert exact * reduced_mod.step(d) >= rows
+        assert np.array_equal(cut[:exact], whole[:exact])
+    with Opened(data) as src:  # a cut at or past the bottom decodes it all
+        assert np.array_equal(np.asarray(src.decode_stored(d, 3, rows=745)), whole)
+
+
+def test_a_progressive_jpeg_is_decoded_whole():
+    buf = io.BytesIO()
+    _smooth(_rng(), 640, 480).save(buf, "JPEG", quality=90, progressive=True)
+    with Opened(buf.getvalue()) as src:
+        assert src.decode_stored(4, 3, rows=100).size == (160, 120)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_training_crops_with_the_cut_decode_equal_those_of_the_whole_decode(tmp_path, monkeypatch, orientation):
+    """The decode stops below what the resize reads (its filter, a mirrored fit's extra rows,
+    Pillow's exact box): every crop is bit for bit the one from the whole decode."""
+    path = tmp_path / "p.jpg"
+    path.write_bytes(_jpeg(_smooth(_rng(), 1600, 1200), orientation))
+    t = TrainTransform(96, (0.2, 1.0))
+    decoded = []
+    real = reduced_mod.Opened.decode_stored
+
+    def spy(self, d, in_chans, rows=None):
+        whole = reduced_mod.scaled_size(*self.img.size, d)[1]
+        img = real(self, d, in_chans, rows=rows)
+        decoded.append(img.height / whole)
+        return img
+
+    monkeypatch.setattr(reduced_mod.Opened, "decode_stored", spy)
+    cut = [t.from_file(str(path), 3, sample_generator(2, 0, i)) for i in range(40)]
+    assert min(decoded) < 0.75 and sum(decoded) / len(decoded) < 0.97  # most decodes stopped early
+    reduced_mod._probe()
+    monkeypatch.setitem(reduced_mod._CAN, "rows", False)
+    for i, x in enumerate(cut):
+        assert torch.equal(x, t.from_file(str(path), 3, sample_generator(2, 0, i)))
+
+
 def test_without_the_3_8_decode_jpeg_scale_keeps_to_powers_of_two(monkeypatch):
-    monkeypatch.setattr(reduced_mod, "_EIGHTHS", False)
+    reduced_mod._probe()
+    monkeypatch.setitem(reduced_mod._CAN, "eighths", False)
     assert jpeg_scale(895, 5000, 224) == 2 and jpeg_scale(896, 896, 224) == 4
 
 

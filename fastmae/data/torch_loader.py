@@ -1,8 +1,10 @@
 """The torchvision baseline: Pillow decode + torchvision transforms in DataLoader workers.
 Each sample's augmentation comes from its own torch.Generator seeded by (seed, epoch,
-index), so any batch can be recomputed exactly (resume mid-epoch). Workers return uint8
-images (a quarter of float32's bytes through shared memory and, on a GPU, the PCIe bus);
-ToTensor + Normalize run once per batch, on the training device, with the same arithmetic."""
+index), so any batch can be recomputed exactly (resume mid-epoch). For a GPU, workers return
+uint8 images (a quarter of float32's bytes through shared memory and the PCIe bus) and
+ToTensor + Normalize run once per batch on the GPU. For the CPU, workers normalise their own
+samples: in the main process that work would run on its intra-op threads, the training's,
+which contend with the workers for the same cores. The arithmetic is the same either way."""
 from __future__ import annotations
 
 import torch
@@ -17,14 +19,16 @@ MAX_SUBSTITUTES = 32  # a bad file is replaced by the next index; give up after 
 
 
 class _SampleDataset(Dataset):
-    """Item (epoch, index) -> (uint8 image (C, H, W), label, [(path, reason) of files skipped])."""
+    """Item (epoch, index) -> (image (C, H, W), label, [(path, reason) of files skipped]); the
+    image uint8, or with `normalize` float32 as the transform normalises it."""
 
-    def __init__(self, samples, transform, seed: int, in_chans: int):
+    def __init__(self, samples, transform, seed: int, in_chans: int, normalize: bool):
         self.paths = samples.paths
         self.labels = samples.labels
         self.transform = transform
         self.seed = seed
         self.in_chans = in_chans
+        self.normalize = normalize  # float32, normalised, instead of uint8
 
     def __len__(self):
         return len(self.paths)
@@ -41,6 +45,8 @@ class _SampleDataset(Dataset):
             except BadImage as e:
                 skipped.append((self.paths[i], str(e)))
                 continue
+            if self.normalize:
+                x = self.transform.normalize(x)
             label = -1 if self.labels is None else self.labels[i]
             return x, label, skipped
         raise DataError(f"{len(skipped)} image files in a row cannot be decoded, e.g. "
@@ -76,8 +82,9 @@ class TorchLoader(Loader):
         super().__init__(samples, **kw)
         self.num_workers = num_workers
         self._sampler = _PlanSampler()
+        self._in_workers = num_workers > 0 and self.device.type == "cpu"  # where normalising happens
         self._dl = DataLoader(
-            _SampleDataset(samples, transform, self.seed, in_chans),
+            _SampleDataset(samples, transform, self.seed, in_chans, normalize=self._in_workers),
             batch_sampler=self._sampler, num_workers=num_workers, collate_fn=_collate,
             pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None)
@@ -107,4 +114,6 @@ class TorchLoader(Loader):
         for imgs, labels, skipped in it:
             if skipped:
                 self._record_skips(skipped)
-            yield self._out(normalize(imgs.to(self.device, non_blocking=non_blocking)), labels)
+            if not self._in_workers:
+                imgs = normalize(imgs.to(self.device, non_blocking=non_blocking))
+            yield self._out(imgs, labels)
