@@ -354,6 +354,39 @@ def test_fast_resize_mirrors_a_box_whose_filter_reaches_the_first_pixel():
     assert _psnr(got, want) > _psnr(shifted, want) + 6  # the mirror kept the box where it was
 
 
+def test_a_flipped_resize_is_the_resize_flipped():
+    """flip=True resizes the mirrored box where it can (the kernel's output is then already
+    flipped: no copy to flip it); the pixels are the flipped resize's up to the fit."""
+    img = _sharp_photo()
+    rng = _rng()
+    folded = 0
+    for _ in range(12):
+        w, h = (float(rng.integers(4 * 96, 4 * 180)) / 4 for _ in range(2))
+        x0 = float(rng.integers(0, 4 * int(img.width - w))) / 4
+        y0 = float(rng.integers(8, 4 * int(img.height - h))) / 4
+        box = (x0, y0, x0 + w, y0 + h)
+        got = resize_box(img, box, (96, 80), flip=True).numpy()
+        want = resize_box(img, box, (96, 80)).flip(-1).numpy()
+        assert np.abs(got.astype(int) - want).mean() < 0.4 and _psnr(got, want) > 48
+        fits, _ = reduced_mod._plan(box, img.size, (96, 80), flip=True)
+        folded += fits is not None and fits[0][4]
+    assert folded >= 6
+    box = (0.75, 1.25, img.width - 1.5, 121.5)  # Pillow's exact box: its output flipped
+    want = np.asarray(img.resize((64, 48), Image.BICUBIC, box=box))[:, ::-1].transpose(2, 0, 1)
+    assert np.array_equal(resize_box(img, box, (64, 48), flip=True).numpy(), want)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_flipped_window_is_the_window_flipped(orientation):
+    data = _jpeg(_smooth(_rng(), 1600, 1200), orientation)
+    window = (100, 200, 700, 900)
+    with Opened(data) as src:
+        got = window_reduced(src, window, 4, (96, 96), 3, flip=True).numpy()
+    with Opened(data) as src:
+        want = window_reduced(src, window, 4, (96, 96), 3).flip(-1).numpy()
+    assert np.abs(got.astype(int) - want).mean() < 0.4  # the fit of the mirrored box: within 0.05 px
+
+
 def test_fast_resize_takes_pillows_exact_box_where_the_filter_reaches_both_edges():
     img = _sharp_photo()
     box = (0.75, 1.25, img.width - 1.5, 1.25 + 120.25)  # x: pixel 0 and the last pixel in reach

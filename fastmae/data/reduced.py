@@ -329,16 +329,16 @@ def _fit_axis(x0: float, x1: float, size: int, n: int):
     return a, end - a, k, scale
 
 
-def _fit_either(x0: float, x1: float, size: int, n: int):
+def _fit_either(x0: float, x1: float, size: int, n: int, mirror_first: bool = False):
     """(fit, mirrored): _fit_axis of [x0, x1), or where that misses, of its mirror image
-    [size - x1, size - x0). A box just off an axis's start (the filter reaches pixel 0) is
-    usually far from its end, and both filters are symmetric, so the mirrored axis resized
-    and mirrored back is the same resize."""
-    fit = _fit_axis(x0, x1, size, n)
-    if fit is not None:
-        return fit, False
-    fit = _fit_axis(size - x1, size - x0, size, n)
-    return fit, fit is not None
+    [size - x1, size - x0) (with mirror_first, the other way round). A box just off an
+    axis's start (the filter reaches pixel 0) is usually far from its end, and both filters
+    are symmetric, so the mirrored axis resized and mirrored back is the same resize."""
+    for mirrored in (mirror_first, not mirror_first):
+        fit = _fit_axis(size - x1, size - x0, size, n) if mirrored else _fit_axis(x0, x1, size, n)
+        if fit is not None:
+            return fit, mirrored
+    return None, False
 
 
 def _to_chw(img: Image.Image) -> torch.Tensor:
@@ -357,13 +357,14 @@ def kernel_input(img: Image.Image) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=torch.uint8).view(1, img.height, img.width, 4).permute(0, 3, 1, 2)
 
 
-def _plan(box, size, out_size):
+def _plan(box, size, out_size, flip: bool = False):
     """How resize_box resizes the box of an image of `size` (w, h) to out_size (w, h):
     (fits, rows). fits is None for Pillow's resize, else for each axis (a, length, k, scale,
     mirrored) with the slice [a, a + length) in the image's coordinates; rows is the end of
-    the rows the resize reads, so a decode may stop there."""
+    the rows the resize reads, so a decode may stop there. A flipped output prefers the
+    mirrored fit of x, whose output needs no flip back."""
     (w, h), (ow, oh) = size, out_size
-    fx, mx = _fit_either(box[0], box[2], w, ow)
+    fx, mx = _fit_either(box[0], box[2], w, ow, mirror_first=flip)
     fy, my = _fit_either(box[1], box[3], h, oh) if fx is not None else (None, False)
     if fy is None:
         support = 2.0 * max((box[3] - box[1]) / oh, 1.0)
@@ -374,11 +375,12 @@ def _plan(box, size, out_size):
     return fits, fits[1][0] + fits[1][1]
 
 
-def _resize(img: Image.Image, box, out_size, fits) -> torch.Tensor:
+def _resize(img: Image.Image, box, out_size, fits, flip: bool = False) -> torch.Tensor:
     """resize_box by a _plan's fits (computed for this image, or for a taller one that this
     image is the top of, down to the plan's rows)."""
     if fits is None:
-        return _to_chw(img.resize(out_size, Image.Resampling.BICUBIC, box=box)).contiguous()
+        out = img.resize(out_size, Image.Resampling.BICUBIC, box=box)
+        return _to_chw(out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out).contiguous()
     (ax, lx, kx, sx, mx), (ay, ly, ky, sy, my) = fits
     region = img.crop((ax, ay, ax + lx, ay + ly))
     region = region.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mx else region
@@ -386,15 +388,16 @@ def _resize(img: Image.Image, box, out_size, fits) -> torch.Tensor:
     ow, oh = out_size
     out = torch.ops.aten._upsample_bicubic2d_aa(kernel_input(region), [ky + oh, kx + ow], False, 1.0 / sy, 1.0 / sx)
     out = out[0, :len(img.getbands()), ky:, kx:]
-    mirrored = [dim for dim, m in ((-1, mx), (-2, my)) if m]
+    mirrored = [dim for dim, m in ((-1, mx != flip), (-2, my)) if m]
     return out.flip(mirrored) if mirrored else out
 
 
-def resize_box(img: Image.Image, box, out_size) -> torch.Tensor:
+def resize_box(img: Image.Image, box, out_size, flip: bool = False) -> torch.Tensor:
     """img (RGB or L) resized from the fractional box (x0, y0, x1, y1) to out_size (w, h),
-    antialiased bicubic, as uint8 (C, h, w): torch's kernel when _fit_either hits the box on
-    both axes, else Pillow's resize(box=...)."""
-    return _resize(img, box, out_size, _plan(box, img.size, out_size)[0])
+    antialiased bicubic, as uint8 (C, h, w), flipped left-right with `flip`: torch's kernel
+    when _fit_either hits the box on both axes, else Pillow's resize(box=...). The result may
+    be a strided view (of the kernel's channels-last output)."""
+    return _resize(img, box, out_size, _plan(box, img.size, out_size, flip)[0], flip)
 
 
 # EXIF orientation -> the same transpose on a (C, H, W) tensor
@@ -403,24 +406,30 @@ _TENSOR_TRANSPOSE = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: la
                      7: lambda t: t.transpose(-2, -1).flip(-2, -1), 8: lambda t: t.transpose(-2, -1).flip(-2)}
 
 
-def window_reduced(src: Opened, window, d: int, out_size, in_chans: int) -> torch.Tensor:
+def window_reduced(src: Opened, window, d: int, out_size, in_chans: int, flip: bool = False) -> torch.Tensor:
     """The oriented window (top, left, h, w) of `src`, decoded at denominator d and resized
-    (bicubic, antialiased) to out_size (h, w), as uint8 (C, h, w): what TF.resized_crop gives
-    on the full decode, up to the DCT scaling's own smoothing."""
+    (bicubic, antialiased) to out_size (h, w), flipped left-right with `flip`, as uint8
+    (C, h, w), possibly a strided view: what TF.resized_crop (+ TF.hflip) gives on the full
+    decode, up to the DCT scaling's own smoothing."""
     top, left, h, w = window
     orientation = src.orientation
     if orientation is None:  # EXIF Pillow cannot parse: the full decode decides what it means
         img = src.decode_full(in_chans)
-        return _to_chw(img.resize(out_size[::-1], Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)))
+        out = _to_chw(img.resize(out_size[::-1], Image.Resampling.BICUBIC, box=(left, top, left + w, top + h)))
+        return out.flip(-1) if flip else out
     x0, y0, x1, y1 = _stored_box((left, top, left + w, top + h), src.size, orientation)
     oh, ow = out_size
     size = (oh, ow) if orientation in (5, 6, 7, 8) else (ow, oh)
     s = step(d)
     box = (x0 / s, y0 / s, x1 / s, y1 / s)
-    fits, rows = _plan(box, scaled_size(*src.img.size, d), size)
+    upright = orientation == 1  # the flip is the stored x axis's: folded into the resize
+    fits, rows = _plan(box, scaled_size(*src.img.size, d), size, flip and upright)
     img = src.decode_stored(d, in_chans, rows=math.ceil(rows * s))
-    out = _resize(img, box, size, fits)
-    return out if orientation == 1 else _TENSOR_TRANSPOSE[orientation](out)
+    out = _resize(img, box, size, fits, flip and upright)
+    if upright:
+        return out
+    out = _TENSOR_TRANSPOSE[orientation](out)
+    return out.flip(-1) if flip else out
 
 
 def oriented_reduced(src: Opened, d: int, in_chans: int) -> Image.Image:

@@ -125,8 +125,7 @@ class TrainTransform:
                 window, flip = random_crop_flip(*src.size, self.scale, g)
                 d = jpeg_scale(window[3], window[2], self.size[0])
                 if d > 1:
-                    x = window_reduced(src, window, d, self.size, in_chans)
-                    return x.flip(-1) if flip else x
+                    return window_reduced(src, window, d, self.size, in_chans, flip)
                 return self._crop(oriented_reduced(src, 1, in_chans), window, flip)  # = load_image
         return self.pixels(load_image(path, in_chans), g)
 
