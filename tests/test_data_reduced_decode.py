@@ -324,15 +324,21 @@ def test_fit_axis_lands_the_box_edges_within_tolerance():
     assert hit > 250  # most boxes take torch's kernel (measured: about 85% per axis)
 
 
+def _boxes(img, x_from=2.0, count=12):
+    """Random fractional boxes of `img`, 96-180 px a side, on quarter pixels (as at 1/4
+    scale), starting at least x_from (and 2) pixels from the left (and top) edge."""
+    rng = _rng()
+    for _ in range(count):
+        w, h = (float(rng.integers(4 * 96, 4 * 180)) / 4 for _ in range(2))
+        x0 = float(rng.integers(int(4 * x_from), 4 * int(img.width - w))) / 4
+        y0 = float(rng.integers(8, 4 * int(img.height - h))) / 4
+        yield x0, y0, x0 + w, y0 + h
+
+
 def test_fast_resize_matches_pillows_exact_box():
     img = _sharp_photo()
-    rng = _rng()
     fast = 0
-    for _ in range(12):
-        w, h = (float(rng.integers(4 * 96, 4 * 180)) / 4 for _ in range(2))
-        x0 = float(rng.integers(8, 4 * int(img.width - w))) / 4
-        y0 = float(rng.integers(8, 4 * int(img.height - h))) / 4
-        box = (x0, y0, x0 + w, y0 + h)
+    for box in _boxes(img):
         got = resize_box(img, box, (96, 80))
         want = np.asarray(img.resize((96, 80), Image.BICUBIC, box=box)).transpose(2, 0, 1)
         assert got.shape == (3, 80, 96) and got.dtype == torch.uint8
@@ -358,13 +364,8 @@ def test_a_flipped_resize_is_the_resize_flipped():
     """flip=True resizes the mirrored box where it can (the kernel's output is then already
     flipped: no copy to flip it); the pixels are the flipped resize's up to the fit."""
     img = _sharp_photo()
-    rng = _rng()
     folded = 0
-    for _ in range(12):
-        w, h = (float(rng.integers(4 * 96, 4 * 180)) / 4 for _ in range(2))
-        x0 = float(rng.integers(0, 4 * int(img.width - w))) / 4
-        y0 = float(rng.integers(8, 4 * int(img.height - h))) / 4
-        box = (x0, y0, x0 + w, y0 + h)
+    for box in _boxes(img, x_from=0):
         got = resize_box(img, box, (96, 80), flip=True).numpy()
         want = resize_box(img, box, (96, 80)).flip(-1).numpy()
         assert np.abs(got.astype(int) - want).mean() < 0.4 and _psnr(got, want) > 48
