@@ -149,11 +149,16 @@ def test_a_cut_decode_has_the_whole_decodes_rows(d, subsampling):
         assert np.array_equal(np.asarray(src.decode_stored(d, 3, rows=745)), whole)
 
 
-def test_a_progressive_jpeg_is_decoded_whole():
+def test_progressive_and_multi_scan_jpegs_are_decoded_whole():
     buf = io.BytesIO()
     _smooth(_rng(), 640, 480).save(buf, "JPEG", quality=90, progressive=True)
     with Opened(buf.getvalue()) as src:
         assert src.decode_stored(4, 3, rows=100).size == (160, 120)
+    buf = io.BytesIO()
+    _smooth(_rng(), 640, 480).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    assert reduced_mod._cut(Image.open(io.BytesIO(data)), data, 100)
+    assert not reduced_mod._cut(Image.open(io.BytesIO(data)), data + b"\xff\xda\x00\x02", 100)  # a second scan
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])

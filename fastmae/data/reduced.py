@@ -126,11 +126,12 @@ def _cut(img: Image.Image, data, rows: int) -> bool:
     """Make the opened, not yet drafted JPEG `img` (encoded bytes `data`) decode only its
     first rows: at least `rows` and a whole MCU row more (libjpeg treats the last one as the
     image's bottom edge), if that is fewer than it has. False (nothing changed) for a
-    progressive or arithmetic-coded JPEG, or one whose header does not parse. Corrupt data
-    below the cut goes unnoticed: the tail check (an end marker) still applies."""
+    progressive, arithmetic-coded or multi-scan JPEG (a scan's data never holds the bytes
+    FF DA), or one whose header does not parse. Corrupt data below the cut goes unnoticed:
+    the tail check (an end marker) still applies."""
     frame = _frame(data)
     w, h = img.size
-    if frame is None or frame[1] not in _BASELINE:
+    if frame is None or frame[1] not in _BASELINE or data.count(b"\xff\xda", frame[0]) != 1:
         return False
     at, _, mcu = frame
     keep = (-(-rows // mcu) + 1) * mcu
