@@ -4,6 +4,7 @@ EXIF orientations mapped right, the output's distance from the full decode on re
 and exact resume with both backends."""
 import glob
 import io
+import math
 import os
 
 import numpy as np
@@ -42,9 +43,9 @@ def _smooth(rng, w, h) -> Image.Image:
     return Image.fromarray(low).resize((w, h), Image.BICUBIC)
 
 
-def _jpeg(img, orientation=None, quality=92) -> bytes:
+def _jpeg(img, orientation=None, quality=92, **kw) -> bytes:
     buf = io.BytesIO()
-    kw = {"quality": quality}
+    kw["quality"] = quality
     if orientation is not None:
         ex = Image.Exif()
         ex[0x0112] = orientation
@@ -113,14 +114,17 @@ def test_frame_header_gives_the_height_field_and_mcu_rows(subsampling, mcu):
     buf = io.BytesIO()
     _smooth(_rng(), 320, 200).save(buf, "JPEG", quality=90, subsampling=subsampling, exif=Image.Exif().tobytes())
     data = buf.getvalue()
-    at, marker, rows = reduced_mod._frame(data)
-    assert (marker, rows) == (0xC0, mcu) and data[at:at + 4] == bytes([0, 200, 1, 64])  # height 200, width 320
+    frame = reduced_mod._frame(data)
+    at = frame.height_at
+    assert (frame.marker, frame.mcu_rows) == (0xC0, mcu) and data[at:at + 4] == bytes([0, 200, 1, 64])  # h 200, w 320
+    assert frame.mcus_per_row == (20 if subsampling else 40) and frame.restart == 0
+    assert data[frame.scan_at - 3:frame.scan_at] == bytes([0, 63, 0])  # the end of the scan header (Ss, Se, Ah|Al)
     gray = io.BytesIO()
     _smooth(_rng(), 64, 40).convert("L").save(gray, "JPEG")
-    assert reduced_mod._frame(gray.getvalue())[2] == 8
+    assert reduced_mod._frame(gray.getvalue()).mcu_rows == 8
     prog = io.BytesIO()
     _smooth(_rng(), 64, 40).save(prog, "JPEG", progressive=True)
-    assert reduced_mod._frame(prog.getvalue())[1] == 0xC2
+    assert reduced_mod._frame(prog.getvalue()).marker == 0xC2
     assert reduced_mod._frame(b"\xff\xd8\xff\xda\x00\x02") is None and reduced_mod._frame(b"\xff\xd8\x00") is None
 
 
@@ -140,46 +144,78 @@ def test_a_cut_decode_has_the_whole_decodes_rows(d, subsampling):
     for rows in (1, 333, 700, 728):
         keep = (-(-rows // mcu) + 1) * mcu
         with Opened(data) as src:
-            cut = np.asarray(src.decode_stored(d, 3, rows=rows))
+            cut = np.asarray(src.decode_stored(d, 3, rows=(0, rows)))
+            assert src.top == 0  # no restart markers: every decode starts at the top
         assert cut.shape[0] == reduced_mod.scaled_size(1000, keep, d)[1] < whole.shape[0]
         exact = reduced_mod.scaled_size(1000, keep - mcu, d)[1]
         assert exact * reduced_mod.step(d) >= rows
         assert np.array_equal(cut[:exact], whole[:exact])
     with Opened(data) as src:  # a cut at or past the bottom decodes it all
-        assert np.array_equal(np.asarray(src.decode_stored(d, 3, rows=745)), whole)
+        assert np.array_equal(np.asarray(src.decode_stored(d, 3, rows=(600, 745))), whole)
+
+
+@pytest.mark.parametrize("d", [1, 3, 4])
+@pytest.mark.parametrize("restart", [dict(restart_marker_rows=1), dict(restart_marker_rows=3),
+                                     dict(restart_marker_blocks=7)])
+def test_with_restart_markers_the_decode_also_starts_below_the_top(d, restart):
+    """A restart marker resets the decoder, so a file that has them is decoded from the
+    restart interval (one whose index is a multiple of 8, on a row boundary) at least a
+    whole MCU row above the first row needed; the rows in between are the whole decode's."""
+    buf = io.BytesIO()
+    _smooth(_rng(), 1000, 1500).save(buf, "JPEG", quality=90, **restart)
+    data = buf.getvalue()
+    frame = reduced_mod._frame(data)
+    assert frame.restart == restart.get("restart_marker_blocks", 63 * restart.get("restart_marker_rows", 0))
+    with Opened(data) as src:
+        whole = np.asarray(src.decode_stored(d, 3))
+    m, eighths = 16, reduced_mod._eighths(d)
+    every = 8 * frame.restart // math.gcd(frame.mcus_per_row, 8 * frame.restart)  # MCU rows
+    for first, end in ((900, 1100), (260, 1400), (1300, 1380)):
+        with Opened(data) as src:
+            cut = np.asarray(src.decode_stored(d, 3, rows=(first, end)))
+            top = src.top
+        assert top == (first // m - 1) // every * every * m and (top > 0 or first < 400)
+        t, edge = top * eighths // 8, m * eighths // 8  # in decoded rows: the top, an MCU row
+        assert (t + edge) * 8 // eighths <= first and (t + cut.shape[0] - edge) * 8 // eighths >= end
+        assert np.array_equal(cut[edge:-edge], whole[t + edge:t + cut.shape[0] - edge])
+
 
 
 def test_progressive_and_multi_scan_jpegs_are_decoded_whole():
     buf = io.BytesIO()
     _smooth(_rng(), 640, 480).save(buf, "JPEG", quality=90, progressive=True)
     with Opened(buf.getvalue()) as src:
-        assert src.decode_stored(4, 3, rows=100).size == (160, 120)
+        assert src.decode_stored(4, 3, rows=(0, 100)).size == (160, 120)
     buf = io.BytesIO()
     _smooth(_rng(), 640, 480).save(buf, "JPEG", quality=90)
     data = buf.getvalue()
-    assert reduced_mod._cut(Image.open(io.BytesIO(data)), data, 100)
-    assert not reduced_mod._cut(Image.open(io.BytesIO(data)), data + b"\xff\xda\x00\x02", 100)  # a second scan
+    assert reduced_mod._cut(Image.open(io.BytesIO(data)), data, 100) == 0
+    assert reduced_mod._cut(Image.open(io.BytesIO(data)), data + b"\xff\xda\x00\x02", 100) is None  # a second scan
 
 
-@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
-def test_training_crops_with_the_cut_decode_equal_those_of_the_whole_decode(tmp_path, monkeypatch, orientation):
+@pytest.mark.parametrize("orientation,restart", [(1, 0), (3, 0), (6, 0), (8, 0), (1, 1), (6, 1), (1, 2)])
+def test_training_crops_with_the_cut_decode_equal_those_of_the_whole_decode(tmp_path, monkeypatch, orientation,
+                                                                             restart):
     """The decode stops below what the resize reads (its filter, a mirrored fit's extra rows,
-    Pillow's exact box): every crop is bit for bit the one from the whole decode."""
+    Pillow's exact box) and, with restart markers, starts above it: every crop is bit for
+    bit the one from the whole decode."""
     path = tmp_path / "p.jpg"
-    path.write_bytes(_jpeg(_smooth(_rng(), 1600, 1200), orientation))
+    path.write_bytes(_jpeg(_smooth(_rng(), 1600, 1200), orientation, restart_marker_rows=restart))
     t = TrainTransform(96, (0.2, 1.0))
-    decoded = []
+    decoded, tops = [], []
     real = reduced_mod.Opened.decode_stored
 
     def spy(self, d, in_chans, rows=None):
         whole = reduced_mod.scaled_size(*self.img.size, d)[1]
         img = real(self, d, in_chans, rows=rows)
         decoded.append(img.height / whole)
+        tops.append(self.top)
         return img
 
     monkeypatch.setattr(reduced_mod.Opened, "decode_stored", spy)
     cut = [t.from_file(str(path), 3, sample_generator(2, 0, i)) for i in range(40)]
     assert min(decoded) < 0.75 and sum(decoded) / len(decoded) < 0.97  # most decodes stopped early
+    assert (max(tops) > 0) == (restart > 0)  # and with restart markers, some started below the top
     reduced_mod._probe()
     monkeypatch.setitem(reduced_mod._CAN, "rows", False)
     for i, x in enumerate(cut):
@@ -374,7 +410,7 @@ def test_a_flipped_resize_is_the_resize_flipped():
         got = resize_box(img, box, (96, 80), flip=True).numpy()
         want = resize_box(img, box, (96, 80)).flip(-1).numpy()
         assert np.abs(got.astype(int) - want).mean() < 0.4 and _psnr(got, want) > 48
-        fits, _ = reduced_mod._plan(box, img.size, (96, 80), flip=True)
+        fits, _, _ = reduced_mod._plan(box, img.size, (96, 80), flip=True)
         folded += fits is not None and fits[0][4]
     assert folded >= 6
     box = (0.75, 1.25, img.width - 1.5, 121.5)  # Pillow's exact box: its output flipped

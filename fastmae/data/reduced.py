@@ -11,7 +11,10 @@ only down to a whole MCU row past the last row the resize reads (decode_stored's
 by handing libjpeg a copy of the file whose frame header says the image ends there.
 libjpeg decodes those rows exactly as in the whole file and skips the rest of the scan to
 the end marker (a byte scan, no decoding); a crop's pixels are identical to those of the
-whole decode (MAE's windows end 89% of the way down a 4:3 photo on average).
+whole decode (MAE's windows end 89% of the way down a 4:3 photo on average). Where the file
+has restart markers (many cameras write them), the copy's scan also starts at a restart
+interval above the window: a restart resets the decoder, so the rows above it are not
+decoded at all.
 
 A decode is named by its denominator d (libjpeg's scale_denom, with scale_num 1): libjpeg
 decodes at M/8 with M the smallest whole number such that M/8 >= 1/d, so d = 2 and 4 are
@@ -34,8 +37,11 @@ exact box."""
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
+import re
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -93,12 +99,23 @@ def _draft(img: Image.Image, d: int) -> None:
 
 _BASELINE = (0xC0, 0xC1)  # frame markers of Huffman-coded sequential JPEGs (one scan per component set)
 _STANDALONE = {0x01, *range(0xD0, 0xD9)}  # markers without a length field
+_RESTART = re.compile(rb"\xff[\xd0-\xd7]")  # RSTn: only markers put 0xFF before a non-zero byte in a scan
 
 
-def _frame(data) -> tuple[int, int, int] | None:
-    """(offset of the height field, frame marker, MCU height in rows) of the JPEG `data`,
-    from its segments before the first scan; None if they do not parse."""
+class _Frame(NamedTuple):
+    height_at: int  # offset of the frame header's height field
+    marker: int  # SOFn
+    mcu_rows: int  # source rows per MCU row
+    mcus_per_row: int
+    restart: int  # restart interval in MCUs (0: none)
+    scan_at: int  # offset of the first scan's entropy-coded data
+
+
+def _frame(data) -> _Frame | None:
+    """The frame of the JPEG `data` (_Frame), from its segments up to the first scan; None
+    if they do not parse."""
     i, n = 2, len(data)
+    frame, restart = None, 0
     while i + 4 <= n:
         if data[i] != 0xFF:
             return None
@@ -109,38 +126,70 @@ def _frame(data) -> tuple[int, int, int] | None:
         if marker in _STANDALONE:
             i += 2
             continue
-        if marker == 0xDA:  # start of scan: no frame header before it
-            return None
         length = data[i + 2] << 8 | data[i + 3]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+        if marker == 0xDA:  # start of scan
+            return None if frame is None else frame._replace(restart=restart, scan_at=i + 2 + length)
+        if marker == 0xDD and length == 4:
+            restart = data[i + 4] << 8 | data[i + 5]
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             body = data[i + 4:i + 2 + length]
-            if len(body) < 6 or len(body) < 6 + 3 * body[5]:
+            if len(body) < 6 or len(body) < 6 + 3 * body[5] or body[5] == 0:
                 return None
-            vmax = max((body[7 + 3 * c] & 15 for c in range(body[5])), default=1)
-            return i + 5, marker, 8 * max(1, vmax)
+            width, comps = body[3] << 8 | body[4], body[5]
+            hmax = max(body[7 + 3 * c] >> 4 for c in range(comps)) if comps > 1 else 1  # one component:
+            vmax = max(body[7 + 3 * c] & 15 for c in range(comps)) if comps > 1 else 1  # 8x8 blocks
+            if hmax < 1 or vmax < 1:
+                return None
+            frame = _Frame(i + 5, marker, 8 * vmax, -(-width // (8 * hmax)), 0, 0)
         i += 2 + length
     return None
 
 
-def _cut(img: Image.Image, data, rows: int) -> bool:
-    """Make the opened, not yet drafted JPEG `img` (encoded bytes `data`) decode only its
-    first rows: at least `rows` and a whole MCU row more (libjpeg treats the last one as the
-    image's bottom edge), if that is fewer than it has. False (nothing changed) for a
+def _restart_start(frame: _Frame, data, most: int) -> tuple[int, int]:
+    """(MCU row, offset): the last MCU row <= `most` at which a restart interval starts whose
+    index is a multiple of 8 (the restart marker before it is RST7, so the markers after it
+    run RST0, RST1, ... as a scan's do from its start), and the offset of its data; (0, 0)
+    when there is none (no restart markers, or none on a row boundary that far down)."""
+    if frame.restart == 0 or most < 1:
+        return 0, 0
+    per = 8 * frame.restart
+    every = per // math.gcd(frame.mcus_per_row, per)  # MCU rows between such intervals
+    row = most // every * every
+    if row == 0:
+        return 0, 0
+    want = row * frame.mcus_per_row // frame.restart  # the interval; its marker is the want-th
+    m = next(itertools.islice(_RESTART.finditer(data, frame.scan_at), want - 1, None), None)
+    return (row, m.end()) if m is not None and data[m.start() + 1] == 0xD7 else (0, 0)
+
+
+def _cut(img: Image.Image, data, rows: int, first: int = 0) -> int | None:
+    """Make the opened, not yet drafted JPEG `img` (encoded bytes `data`) decode only the
+    rows it needs, [first, rows) of its source rows: down to a whole MCU row past `rows`
+    (libjpeg treats the last one as the image's bottom edge), and where the file has
+    restart markers, from a restart interval at least one MCU row above `first` (a restart
+    resets the decoder: what comes before it need not be decoded at all). Returns the
+    source row the image now starts at, or None (nothing changed: nothing to cut, or a
     progressive, arithmetic-coded or multi-scan JPEG (a scan's data never holds the bytes
-    FF DA), or one whose header does not parse. Corrupt data below the cut goes unnoticed:
-    the tail check (an end marker) still applies."""
+    FF DA), or one whose header does not parse). Corrupt data outside the cut goes
+    unnoticed: the tail check (an end marker) still applies."""
     frame = _frame(data)
     w, h = img.size
-    if frame is None or frame[1] not in _BASELINE or data.count(b"\xff\xda", frame[0]) != 1:
-        return False
-    at, _, mcu = frame
-    keep = (-(-rows // mcu) + 1) * mcu
-    if keep >= h or (data[at] << 8 | data[at + 1]) != h:
-        return False
-    img.fp = io.BytesIO(b"".join((data[:at], keep.to_bytes(2, "big"), memoryview(data)[at + 2:])))
-    img.tile = [img.tile[0]._replace(extents=(0, 0, w, keep))]
-    img._size = (w, keep)
-    return True
+    if frame is None or frame.marker not in _BASELINE or data.count(b"\xff\xda", frame.height_at) != 1:
+        return None
+    at, mcu = frame.height_at, frame.mcu_rows
+    if (data[at] << 8 | data[at + 1]) != h:
+        return None
+    keep = min(h, (-(-rows // mcu) + 1) * mcu)
+    top, resume = _restart_start(frame, data, first // mcu - 1)
+    if keep >= h and top == 0:
+        return None
+    height = keep - top * mcu
+    view = memoryview(data)
+    scan = view[resume:] if top else view[frame.scan_at:]
+    img.fp = io.BytesIO(b"".join((view[:at], height.to_bytes(2, "big"), view[at + 2:frame.scan_at], scan)))
+    img.tile = [img.tile[0]._replace(extents=(0, 0, w, height))]
+    img._size = (w, height)
+    return top * mcu
 
 
 _CAN = {}
@@ -149,7 +198,7 @@ _CAN = {}
 def _probe() -> dict:
     """What this Pillow does beyond its public API, tried once on a small gradient JPEG:
     'eighths', a 3/8 decode (_draft) of libjpeg's size with pixels within 2 levels of a 3/8
-    bicubic resize; 'rows', a cut decode (_cut) whose rows equal the whole decode's."""
+    bicubic resize; 'rows', a decode cut at both ends (_cut) whose rows equal the whole decode's."""
     if not _CAN:
         ramp = np.linspace(0, 255, 96)
         a = np.stack([ramp[None, :].repeat(64, 0), ramp[:64, None].repeat(96, 1), np.full((64, 96), 128.0)], -1)
@@ -165,15 +214,19 @@ def _probe() -> dict:
             _CAN["eighths"] = img.size == (36, 24) and float(diff[2:-2, 2:-2].mean()) < 2.0
         except Exception:  # noqa: BLE001 - any failure means: powers of two only
             _CAN["eighths"] = False
-        try:
-            img = Image.open(io.BytesIO(data))
-            cut = _cut(img, data, 16)
+        try:  # 32 x 192, a restart marker every MCU row: rows [144, 160) need [128, 176)
+            tall = io.BytesIO()
+            Image.fromarray(a.astype(np.uint8)[:, :32].repeat(3, 0)).save(tall, "JPEG", quality=95,
+                                                                             restart_marker_rows=1)
+            tall = tall.getvalue()
+            img = Image.open(io.BytesIO(tall))
+            top = _cut(img, tall, 160, 144)
             _draft(img, 2)
             img.load()
-            want = Image.open(io.BytesIO(data))
+            want = Image.open(io.BytesIO(tall))
             _draft(want, 2)
-            _CAN["rows"] = cut and img.size == (48, 16) and np.array_equal(
-                np.asarray(img.convert("RGB")), np.asarray(want.convert("RGB"))[:16])
+            _CAN["rows"] = top == 128 and img.size == (16, 24) and np.array_equal(
+                np.asarray(img.convert("RGB"))[8:24], np.asarray(want.convert("RGB"))[72:88])
         except Exception:  # noqa: BLE001 - any failure means: decode whole images
             _CAN["rows"] = False
     return _CAN
@@ -228,6 +281,7 @@ class Opened:
             self._f.close()
             raise
         self.is_jpeg = self.img.format == JPEG
+        self.top = 0  # the source row the last decode_stored's image starts at
         self.orientation = 1
         if "exif" in self.img.info:
             try:
@@ -256,16 +310,18 @@ class Opened:
         self._f.seek(0)
         return decode(self._f, self._nbytes, in_chans)
 
-    def decode_stored(self, d: int, in_chans: int, rows: int | None = None) -> Image.Image:
-        """The stored (unrotated) pixels decoded at denominator d, in 8-bit RGB or L; with
-        `rows`, a baseline JPEG is decoded only down to a whole MCU row past its first `rows`
-        source rows (the image is then that short; its rows above that last MCU row are the
-        whole decode's; in the last one, full-scale chroma upsampling meets the new bottom)."""
+    def decode_stored(self, d: int, in_chans: int, rows: tuple[int, int] | None = None) -> Image.Image:
+        """The stored (unrotated) pixels decoded at denominator d, in 8-bit RGB or L. With
+        rows = (first, end), a baseline JPEG is decoded only from about `first` (where it has
+        restart markers) down to about `end` (source rows, _cut); self.top is then the source
+        row the image starts at. Its rows are the whole decode's but for the first and last
+        MCU rows at full scale (the chroma upsampling meets the new edges there)."""
         img = self.img
+        self.top = 0
         try:
             if rows is not None and self.is_jpeg and rows_supported():
                 self._f.seek(0)
-                _cut(img, self._f.read(), rows)
+                self.top = _cut(img, self._f.read(), rows[1], rows[0]) or 0
             if d > 1:
                 _draft(img, d)
             img.load()
@@ -360,20 +416,29 @@ def kernel_input(img: Image.Image) -> torch.Tensor:
 
 def _plan(box, size, out_size, flip: bool = False):
     """How resize_box resizes the box of an image of `size` (w, h) to out_size (w, h):
-    (fits, rows). fits is None for Pillow's resize, else for each axis (a, length, k, scale,
-    mirrored) with the slice [a, a + length) in the image's coordinates; rows is the end of
-    the rows the resize reads, so a decode may stop there. A flipped output prefers the
-    mirrored fit of x, whose output needs no flip back."""
+    (fits, first, end). fits is None for Pillow's resize, else for each axis (a, length, k,
+    scale, mirrored) with the slice [a, a + length) in the image's coordinates; [first, end)
+    holds the rows the resize reads, so a decode may start and stop there. A flipped output
+    prefers the mirrored fit of x, whose output needs no flip back."""
     (w, h), (ow, oh) = size, out_size
     fx, mx = _fit_either(box[0], box[2], w, ow, mirror_first=flip)
     fy, my = _fit_either(box[1], box[3], h, oh) if fx is not None else (None, False)
     if fy is None:
-        support = 2.0 * max((box[3] - box[1]) / oh, 1.0)
-        return None, min(h, math.floor(box[3] + support + 0.5) + 2)  # past Pillow's last tap
+        support = 2.0 * max((box[3] - box[1]) / oh, 1.0)  # Pillow's taps, with a row to spare
+        return None, max(0, math.floor(box[1] - support) - 1), min(h, math.floor(box[3] + support + 0.5) + 2)
     fits = []
     for (a, length, k, scale), mirrored, n in ((fx, mx, w), (fy, my, h)):
         fits.append((n - a - length if mirrored else a, length, k, scale, mirrored))
-    return fits, fits[1][0] + fits[1][1]
+    return fits, fits[1][0], fits[1][0] + fits[1][1]
+
+
+def _below(box, fits, top: int):
+    """box and fits of _plan moved up by `top` rows: for the image that starts there."""
+    x0, y0, x1, y1 = box
+    if fits is not None:
+        (ay, ly, ky, sy, my) = fits[1]
+        fits = [fits[0], (ay - top, ly, ky, sy, my)]
+    return (x0, y0 - top, x1, y1 - top), fits
 
 
 def _resize(img: Image.Image, box, out_size, fits, flip: bool = False) -> torch.Tensor:
@@ -424,8 +489,10 @@ def window_reduced(src: Opened, window, d: int, out_size, in_chans: int, flip: b
     s = step(d)
     box = (x0 / s, y0 / s, x1 / s, y1 / s)
     upright = orientation == 1  # the flip is the stored x axis's: folded into the resize
-    fits, rows = _plan(box, scaled_size(*src.img.size, d), size, flip and upright)
-    img = src.decode_stored(d, in_chans, rows=math.ceil(rows * s))
+    fits, first, end = _plan(box, scaled_size(*src.img.size, d), size, flip and upright)
+    img = src.decode_stored(d, in_chans, rows=(math.floor(first * s), math.ceil(end * s)))
+    if src.top:  # whole MCU rows: whole decoded rows at every scale
+        box, fits = _below(box, fits, src.top * _eighths(d) // 8)
     out = _resize(img, box, size, fits, flip and upright)
     if upright:
         return out
