@@ -321,7 +321,11 @@ class Opened:
         try:
             if rows is not None and self.is_jpeg and rows_supported():
                 self._f.seek(0)
-                self.top = _cut(img, self._f.read(), rows[1], rows[0]) or 0
+                data = self._f.read()
+                top = _cut(img, data, rows[1], rows[0])
+                if top is None:
+                    img.fp = io.BytesIO(data)  # uncut: decode the bytes already read, not the file again
+                self.top = top or 0
             if d > 1:
                 _draft(img, d)
             img.load()

@@ -22,9 +22,9 @@ def masked_pixel_loss_torch(pred, imgs, mask, patch_size, norm_pix_loss):
 @torch.library.custom_op("fastmae::masked_pixel_loss", mutates_args=())
 def _fwd_op(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor, patch_size: int,
             norm_pix_loss: bool, write_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dispatch.record(OP, "triton")  # here: the body runs in compiled graphs too
     """-> (loss, g = 2 m (pred - t) in fp32 or an empty tensor, denom): the kernel writes
     the unscaled gradient during the forward pass, so backward is one scale."""
+    dispatch.record(OP, "triton")  # here: the body runs in compiled graphs too
     from ..kernels import loss as loss_kernels
     loss, g, denom = loss_kernels.masked_pixel_loss_fwd(pred, imgs, mask, patch_size, norm_pix_loss,
                                                         write_grad=write_grad)
