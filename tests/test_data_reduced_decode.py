@@ -190,7 +190,12 @@ def test_progressive_and_multi_scan_jpegs_are_decoded_whole():
     _smooth(_rng(), 640, 480).save(buf, "JPEG", quality=90)
     data = buf.getvalue()
     assert reduced_mod._cut(Image.open(io.BytesIO(data)), data, 100) == 0
-    assert reduced_mod._cut(Image.open(io.BytesIO(data)), data + b"\xff\xda\x00\x02", 100) is None  # a second scan
+    frame = reduced_mod._frame(data)
+    assert frame.one_scan
+    sos = data.index(b"\xff\xda")  # a first scan of one of the 3 components: more scans follow
+    split = data[:sos + 4] + b"\x01" + data[sos + 5:]
+    assert not reduced_mod._frame(split).one_scan
+    assert reduced_mod._cut(Image.open(io.BytesIO(data)), split, 100) is None
 
 
 @pytest.mark.parametrize("orientation,restart", [(1, 0), (3, 0), (6, 0), (8, 0), (1, 1), (6, 1), (1, 2)])
