@@ -350,6 +350,21 @@ def _sharp_photo() -> Image.Image:
     return Image.fromarray(_rng().integers(0, 256, (375, 500, 3), dtype=np.uint8))
 
 
+def test_kernel_input_is_the_box_in_pillows_rgbx_layout():
+    """kernel_input packs just the box (Pillow's raw encoder): the crop's pixels, channels
+    last, with a 4th channel the resize computes and drops; L stays one channel."""
+    img = Image.fromarray(_rng().integers(0, 256, (61, 97, 3), dtype=np.uint8))
+    for box in [None, (0, 0, 97, 61), (3, 5, 50, 60), (96, 60, 97, 61)]:
+        got = reduced_mod.kernel_input(img, box)
+        crop = img if box is None else img.crop(box)
+        assert got.shape == (1, 4, crop.height, crop.width)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert np.array_equal(got[0, :3].permute(1, 2, 0).numpy(), np.asarray(crop))
+    gray = img.convert("L")
+    assert np.array_equal(reduced_mod.kernel_input(gray, (3, 5, 50, 60))[0, 0].numpy(),
+                          np.asarray(gray.crop((3, 5, 50, 60))))
+
+
 def test_fit_axis_lands_the_box_edges_within_tolerance():
     rng = _rng()
     hit = 0
