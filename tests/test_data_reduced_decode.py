@@ -350,6 +350,38 @@ def _sharp_photo() -> Image.Image:
     return Image.fromarray(_rng().integers(0, 256, (375, 500, 3), dtype=np.uint8))
 
 
+def test_a_decode_during_the_pillow_probe_waits_for_all_of_its_answers(monkeypatch):
+    """A loader's pool threads make their first decodes together: one that arrives while
+    another is probing waits for the whole answer instead of reading it half filled in."""
+    import threading
+
+    entered, release, got = threading.Event(), threading.Event(), []
+
+    def slow_probe():
+        entered.set()
+        assert release.wait(10)
+        return {"eighths": True, "rows": False}
+    monkeypatch.setattr(reduced_mod, "_CAN", {})
+    monkeypatch.setattr(reduced_mod, "_probe_pillow", slow_probe)
+
+    def first_decode():
+        try:
+            got.append((reduced_mod.rows_supported(), reduced_mod.eighths_supported()))
+        except Exception as e:  # noqa: BLE001 - reported below
+            got.append(repr(e))
+    first = threading.Thread(target=first_decode)
+    first.start()
+    assert entered.wait(10)
+    second = threading.Thread(target=first_decode)
+    second.start()
+    second.join(0.2)
+    assert second.is_alive() and got == []  # waiting on the probe, not reading a partial answer
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert got == [(False, True), (False, True)]
+
+
 def test_kernel_input_is_the_box_in_pillows_rgbx_layout():
     """kernel_input packs just the box (Pillow's raw encoder): the crop's pixels, channels
     last, with a 4th channel the resize computes and drops; L stays one channel."""

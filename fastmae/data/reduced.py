@@ -41,6 +41,7 @@ import itertools
 import math
 import os
 import re
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -197,43 +198,53 @@ def _cut(img: Image.Image, data, rows: int, first: int = 0) -> int | None:
 
 
 _CAN = {}
+_PROBING = threading.Lock()
 
 
 def _probe() -> dict:
     """What this Pillow does beyond its public API, tried once on a small gradient JPEG:
     'eighths', a 3/8 decode (_draft) of libjpeg's size with pixels within 2 levels of a 3/8
-    bicubic resize; 'rows', a decode cut at both ends (_cut) whose rows equal the whole decode's."""
+    bicubic resize; 'rows', a decode cut at both ends (_cut) whose rows equal the whole decode's.
+    Filled whole under a lock: the pool threads of a loader meet their first decode together."""
     if not _CAN:
-        ramp = np.linspace(0, 255, 96)
-        a = np.stack([ramp[None, :].repeat(64, 0), ramp[:64, None].repeat(96, 1), np.full((64, 96), 128.0)], -1)
-        buf = io.BytesIO()
-        Image.fromarray(a.astype(np.uint8)).save(buf, "JPEG", quality=95)
-        data = buf.getvalue()
-        full = Image.open(io.BytesIO(data)).convert("RGB")
-        try:
-            img = Image.open(io.BytesIO(data))
-            _draft(img, 3)
-            img.load()
-            diff = np.abs(np.asarray(img.convert("RGB"), float) - np.asarray(full.resize((36, 24), Image.BICUBIC), float))
-            _CAN["eighths"] = img.size == (36, 24) and float(diff[2:-2, 2:-2].mean()) < 2.0
-        except Exception:  # noqa: BLE001 - any failure means: powers of two only
-            _CAN["eighths"] = False
-        try:  # 32 x 192, a restart marker every MCU row: rows [144, 160) need [128, 176)
-            tall = io.BytesIO()
-            Image.fromarray(a.astype(np.uint8)[:, :32].repeat(3, 0)).save(tall, "JPEG", quality=95,
-                                                                             restart_marker_rows=1)
-            tall = tall.getvalue()
-            img = Image.open(io.BytesIO(tall))
-            top = _cut(img, tall, 160, 144)
-            _draft(img, 2)
-            img.load()
-            want = Image.open(io.BytesIO(tall))
-            _draft(want, 2)
-            _CAN["rows"] = top == 128 and img.size == (16, 24) and np.array_equal(
-                np.asarray(img.convert("RGB"))[8:24], np.asarray(want.convert("RGB"))[72:88])
-        except Exception:  # noqa: BLE001 - any failure means: decode whole images
-            _CAN["rows"] = False
+        with _PROBING:
+            if not _CAN:
+                _CAN.update(_probe_pillow())
     return _CAN
+
+
+def _probe_pillow() -> dict:
+    can = {}
+    ramp = np.linspace(0, 255, 96)
+    a = np.stack([ramp[None, :].repeat(64, 0), ramp[:64, None].repeat(96, 1), np.full((64, 96), 128.0)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(a.astype(np.uint8)).save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    try:
+        img = Image.open(io.BytesIO(data))
+        _draft(img, 3)
+        img.load()
+        diff = np.abs(np.asarray(img.convert("RGB"), float) - np.asarray(full.resize((36, 24), Image.BICUBIC), float))
+        can["eighths"] = img.size == (36, 24) and float(diff[2:-2, 2:-2].mean()) < 2.0
+    except Exception:  # noqa: BLE001 - any failure means: powers of two only
+        can["eighths"] = False
+    try:  # 32 x 192, a restart marker every MCU row: rows [144, 160) need [128, 176)
+        tall = io.BytesIO()
+        Image.fromarray(a.astype(np.uint8)[:, :32].repeat(3, 0)).save(tall, "JPEG", quality=95,
+                                                                         restart_marker_rows=1)
+        tall = tall.getvalue()
+        img = Image.open(io.BytesIO(tall))
+        top = _cut(img, tall, 160, 144)
+        _draft(img, 2)
+        img.load()
+        want = Image.open(io.BytesIO(tall))
+        _draft(want, 2)
+        can["rows"] = top == 128 and img.size == (16, 24) and np.array_equal(
+            np.asarray(img.convert("RGB"))[8:24], np.asarray(want.convert("RGB"))[72:88])
+    except Exception:  # noqa: BLE001 - any failure means: decode whole images
+        can["rows"] = False
+    return can
 
 
 def eighths_supported() -> bool:
