@@ -343,8 +343,6 @@ class Opened:
                 self.top = top or 0
             if d > 1:
                 _draft(img, d)
-            # all the (cut) file at once, not 64 KB at a time: one decoder call, no copies of the chunks
-            img.decodermaxblock = max(img.decodermaxblock, self._nbytes)
             img.load()
             return to_mode(img, in_chans)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
